@@ -1,0 +1,9 @@
+"""Exceptions the runtime raises for things a caller can fix."""
+
+
+class InputError(ValueError):
+    """An input image, mask, category or option is not what the runtime expects."""
+
+
+class EngineError(RuntimeError):
+    """An engine directory, manifest or engine file is missing, foreign or tampered with."""

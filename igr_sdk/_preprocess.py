@@ -1,0 +1,198 @@
+"""Input checks and preprocessing (DESIGN.md section 4), numpy and Pillow only.
+
+The torch reference pipeline uses these same functions, so the runtime and the reference see
+identical pixels and any difference between them comes from the model math alone.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from igr_sdk._errors import InputError
+
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+MAX_PIXELS = 50_000_000  # refuse before decoding: a decompression bomb must never reach memory
+MIN_SIDE = 16
+CLIP_SIZE = 224
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+ASPECT_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One request's model inputs, all float32."""
+
+    person: np.ndarray  # (3, H, W) in [-1, 1]
+    mask: np.ndarray  # (1, h, w) in [0, 1]: the garment mask averaged over each latent cell
+    garment_crop: np.ndarray  # (3, 224, 224), CLIP-normalised
+    pixel_mask: np.ndarray  # (H, W) bool, the mask after resize and pad
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    if not path.is_file():
+        raise InputError(f"{what}: file {str(path)!r} does not exist")
+    try:
+        with warnings.catch_warnings():  # the size is checked below, from the header alone
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise InputError(f"{what}: {str(path)!r} is not a readable image ({e})") from None
+    _check_size(img.size, what)
+    try:
+        img.load()
+        return ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+        raise InputError(f"{what}: {str(path)!r} could not be decoded ({e})") from None
+
+
+def _check_size(size: tuple[int, int], what: str) -> None:
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise InputError(f"{what}: {w}x{h} pixels is over the limit of {MAX_PIXELS} pixels")
+    if min(w, h) < MIN_SIDE:
+        raise InputError(f"{what}: {w}x{h} pixels is too small; each side must be at least {MIN_SIDE}")
+
+
+def _pil(x: ImageLike, what: str) -> Image.Image | np.ndarray:
+    if isinstance(x, (str, os.PathLike)):
+        return _open(Path(x), what)
+    if isinstance(x, Image.Image):
+        _check_size(x.size, what)
+        return ImageOps.exif_transpose(x)
+    if isinstance(x, np.ndarray):
+        if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] not in (1, 3, 4)):
+            raise InputError(f"{what}: array of shape {x.shape} is not (H, W), (H, W, 3) or (H, W, 4)")
+        _check_size((x.shape[1], x.shape[0]), what)
+        return x
+    raise InputError(f"{what}: expected a path, a PIL image or a numpy array, got {type(x).__name__}")
+
+
+def load_rgb(x: ImageLike, what: str = "person image") -> np.ndarray:
+    """Any supported image -> (H, W, 3) uint8 RGB. RGBA is composited onto white."""
+    img = _pil(x, what)
+    if isinstance(img, np.ndarray):
+        arr = img
+        if arr.dtype == np.uint8:
+            pass
+        elif np.issubdtype(arr.dtype, np.floating):
+            if not np.isfinite(arr).all():
+                raise InputError(f"{what}: array contains NaN or infinite values")
+            if arr.min() < 0.0 or arr.max() > 1.0:
+                raise InputError(f"{what}: float array values span [{arr.min():.3g}, {arr.max():.3g}], expected [0, 1]")
+            arr = np.round(arr * 255.0).astype(np.uint8)
+        else:
+            raise InputError(f"{what}: array dtype {arr.dtype} is not uint8 or float")
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        if arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, axis=2)
+        img = Image.fromarray(arr)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def load_mask(x: ImageLike, what: str = "mask") -> np.ndarray:
+    """An image (non-zero / >= 128 is garment) or a 0/1 array -> (H, W) bool."""
+    img = _pil(x, what)
+    if isinstance(img, Image.Image):
+        return np.asarray(img.convert("L")) >= 128
+    arr = img[..., 0] if img.ndim == 3 else img
+    if arr.dtype == bool:
+        return arr.copy()
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise InputError(f"{what}: array contains NaN or infinite values")
+    values = np.unique(arr)
+    if np.isin(values, (0, 1)).all():
+        return arr == 1
+    if arr.dtype == np.uint8 and np.isin(values, (0, 255)).all():
+        return arr == 255
+    raise InputError(f"{what}: array values {values[:6].tolist()} are not a 0/1 (or 0/255) mask")
+
+
+def match_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize a mask to the person image's size when their aspect ratios agree."""
+    (mh, mw), (h, w) = mask.shape, size_hw
+    if (mh, mw) == (h, w):
+        return mask
+    if abs((mw / mh) / (w / h) - 1.0) > ASPECT_TOLERANCE:
+        raise InputError(
+            f"mask of {mw}x{mh} pixels cannot be matched to a person image of {w}x{h} pixels: aspect ratios differ"
+        )
+    img = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
+    return np.asarray(img) >= 128
+
+
+def fit(rgb: np.ndarray, mask: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize keeping proportions and centre on a (height, width) canvas: white image, empty mask."""
+    h, w = mask.shape
+    s = min(height / h, width / w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    top, left = (height - nh) // 2, (width - nw) // 2
+    img = Image.fromarray(rgb).resize((nw, nh), Image.BICUBIC)
+    m = Image.fromarray(mask.astype(np.uint8) * 255).resize((nw, nh), Image.NEAREST)
+    out = np.full((height, width, 3), 255, dtype=np.uint8)
+    out[top : top + nh, left : left + nw] = np.asarray(img)
+    out_m = np.zeros((height, width), dtype=bool)
+    out_m[top : top + nh, left : left + nw] = np.asarray(m) >= 128
+    return out, out_m
+
+
+def garment_crop(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Resize(Crop(p * m)) for the CLIP image encoder -> (3, 224, 224) CLIP-normalised.
+
+    The crop is the mask's bounding box, padded to a square with black (the value p * m takes
+    outside the mask) so the garment keeps its proportions.
+    """
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    crop = rgb[y0:y1, x0:x1] * mask[y0:y1, x0:x1, None]  # (hc, wc, 3) uint8
+    hc, wc = crop.shape[:2]
+    side = max(hc, wc)
+    square = np.zeros((side, side, 3), dtype=np.uint8)
+    square[(side - hc) // 2 : (side - hc) // 2 + hc, (side - wc) // 2 : (side - wc) // 2 + wc] = crop
+    img = Image.fromarray(square).resize((CLIP_SIZE, CLIP_SIZE), Image.BICUBIC)
+    x = np.asarray(img, dtype=np.float32) / 255.0
+    return ((x - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1).copy()
+
+
+def mask_to_latent(mask: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W) bool -> (1, H/f, W/f): the fraction of each latent cell the garment covers."""
+    h, w = mask.shape
+    cells = mask.reshape(h // factor, factor, w // factor, factor).astype(np.float32)
+    return cells.mean(axis=(1, 3))[None]
+
+
+def prepare(person: ImageLike, mask: ImageLike, height: int, width: int, latent_factor: int) -> Prepared:
+    rgb = load_rgb(person, "person image")
+    m = load_mask(mask, "mask")
+    if not m.any():
+        raise InputError("mask is empty: it marks no garment pixel")
+    m = match_mask(m, rgb.shape[:2])
+    rgb, m = fit(rgb, m, height, width)
+    if not m.any():
+        raise InputError(
+            f"mask covers nothing of the person image once resized to {height}x{width}: the garment region is too small"
+        )
+    return Prepared(
+        person=(rgb.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1).copy(),
+        mask=mask_to_latent(m, latent_factor),
+        garment_crop=garment_crop(rgb, m),
+        pixel_mask=m,
+    )
+
+
+def to_image(x: np.ndarray) -> Image.Image:
+    """(3, H, W) in [-1, 1] -> PIL RGB."""
+    arr = np.clip((x.transpose(1, 2, 0) + 1.0) * 127.5, 0, 255)
+    return Image.fromarray(np.round(arr).astype(np.uint8))

@@ -1,0 +1,152 @@
+"""The torch reference pipeline: what the exported engines and the runtime must reproduce.
+
+Stages (DESIGN.md section 4):
+  1. validate and preprocess (shared with the runtime: ``igr_sdk._preprocess``)
+  2. garment crop -> CLIP image encoder -> IP tokens
+  3. VAE encode the person; GarmNet once -> reference features (-> K/V cache for ``cached``)
+  4. DDIM with diffusers' DDIMScheduler over the [uncond x B ; cond x B] batch, CFG combine
+  5. VAE decode -> PIL
+
+Forms: ``cached`` (the product's math), ``naive`` (paper-literal concatenation, reference
+features re-projected every step) and ``per_step_garmnet`` (GarmNet re-run at every step, as
+IDM-VTON-style code does; a compute baseline only).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+
+from igr_sdk._errors import InputError
+from igr_sdk._preprocess import ImageLike, Prepared, prepare, to_image
+from train.config import CATEGORIES
+from train.model import FORMS, IGRModel
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    images: list[Image.Image]
+    latents: np.ndarray  # (B, 4, h, w), the final DDIM latent
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Everything the denoiser needs that does not change over the steps (the CFG batch)."""
+
+    text: torch.Tensor  # (2B, 77, C)
+    ip: torch.Tensor  # (2B, T_ip, C): [zero-embedding tokens x B ; garment tokens x B]
+    person_latent: torch.Tensor  # (B, 4, h, w)
+    mask: torch.Tensor  # (B, 1, h, w)
+    text_cond: torch.Tensor  # (B, 77, C)
+
+
+def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> np.ndarray:
+    """One float32 standard-normal latent per seed: (B, 4, h, w). The runtime draws the same."""
+    return np.stack([np.random.default_rng(s).standard_normal(shape, dtype=np.float32) for s in seeds])
+
+
+def _as_list(x, n: int | None = None) -> list:
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x] * (n or 1)
+
+
+class ReferencePipeline:
+    def __init__(self, model: IGRModel):
+        self.model = model.eval()
+        self.config = model.config
+
+    # 1. inputs ---------------------------------------------------------------------------------
+    def prepare(self, persons: list[ImageLike], masks: list[ImageLike]) -> list[Prepared]:
+        if len(persons) != len(masks):
+            raise InputError(f"got {len(persons)} person images but {len(masks)} masks")
+        c = self.config
+        return [prepare(p, m, c.height, c.width, c.vae.downsample_factor) for p, m in zip(persons, masks)]
+
+    # 2-3. conditions -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def conditions(self, prepared: list[Prepared], categories: list[str]) -> Conditions:
+        m = self.model
+        b = len(prepared)
+        text = m.text_embeds(categories)
+        crops = torch.from_numpy(np.stack([p.garment_crop for p in prepared]))  # (B, 3, 224, 224)
+        ip_cond = m.ip_tokens(crops)
+        person = torch.from_numpy(np.stack([p.person for p in prepared]))  # (B, 3, H, W)
+        return Conditions(
+            text=torch.cat([text, text]),
+            ip=torch.cat([m.uncond_ip_tokens(b), ip_cond]),
+            person_latent=m.vae_encode(person),
+            mask=torch.from_numpy(np.stack([p.mask for p in prepared])),
+            text_cond=text,
+        )
+
+    # 4. one guided noise prediction ------------------------------------------------------------
+    @torch.no_grad()
+    def step_fn(self, cond: Conditions, form: str = "cached"):
+        """A function latents (B, 4, h, w), t -> CFG batch noise prediction (2B, 4, h, w)."""
+        if form not in FORMS:
+            raise InputError(f"unknown form {form!r}; expected one of {FORMS}")
+        m = self.model
+        b = cond.person_latent.shape[0]
+        feats = m.garmnet_features(cond.person_latent, cond.mask, cond.text_cond)
+        ref_k, ref_v = m.reference_kv(feats)
+
+        def call(latents: torch.Tensor, t: int) -> torch.Tensor:
+            sample = torch.cat([latents, latents])  # (2B, 4, h, w)
+            ts = torch.full((2 * b,), t, dtype=torch.int64)
+            with torch.no_grad():
+                if form == "cached":
+                    return m.denoise(sample, ts, cond.text, cond.ip, b, ref_k=ref_k, ref_v=ref_v)
+                step_feats = feats
+                if form == "per_step_garmnet":
+                    step_feats = m.garmnet_features(cond.person_latent, cond.mask, cond.text_cond)
+                return m.denoise(sample, ts, cond.text, cond.ip, b, ref_feats=step_feats)
+
+        return call
+
+    # 1-5. the whole restore --------------------------------------------------------------------
+    @torch.no_grad()
+    def restore(
+        self,
+        person: ImageLike | list[ImageLike],
+        mask: ImageLike | list[ImageLike],
+        category: str | list[str] = "upper",
+        steps: int = 25,
+        guidance_scale: float = 1.5,
+        seed: int | list[int] | None = None,
+        form: str = "cached",
+    ) -> ReferenceResult:
+        persons = _as_list(person)
+        masks = _as_list(mask, len(persons))
+        categories = _as_list(category, len(persons))
+        bad = [c for c in categories if c not in CATEGORIES]
+        if bad:
+            raise InputError(f"unknown category {bad[0]!r}; expected one of {CATEGORIES}")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise InputError(f"steps must be an integer >= 1, got {steps!r}")
+        if not np.isfinite(guidance_scale):
+            raise InputError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        seeds = tuple(_as_list(seed if seed is not None else secrets.randbits(63), len(persons)))
+        if len(categories) != len(persons) or len(seeds) != len(persons):
+            raise InputError(f"got {len(persons)} persons, {len(categories)} categories, {len(seeds)} seeds")
+
+        cond = self.conditions(self.prepare(persons, masks), categories)
+        step = self.step_fn(cond, form)
+        sched = DDIMScheduler(**self.config.scheduler.diffusers_kwargs())
+        sched.set_timesteps(steps)
+        h, w = self.config.latent_size
+        latents = torch.from_numpy(initial_noise(seeds, (4, h, w)))
+        b = len(persons)
+        for t in sched.timesteps:
+            eps = step(latents, int(t))
+            eps = eps[:b] + guidance_scale * (eps[b:] - eps[:b])  # eq. 2 of the paper
+            latents = sched.step(eps, t, latents).prev_sample
+        decoded = self.model.vae_decode(latents).numpy()  # (B, 3, H, W)
+        return ReferenceResult([to_image(x) for x in decoded], latents.numpy(), seeds)
