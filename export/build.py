@@ -70,8 +70,10 @@ def _check_options(o: BuildOptions) -> tuple[int, int, str]:
     h, w = o.resolution or (config.height, config.width)
     m = config.resolution_multiple
     if h % m or w % m or h <= 0 or w <= 0:
-        raise BuildError(f"resolution {h}x{w} is not a multiple of {m} for this checkpoint; try "
-                         f"{max(m, round(h / m) * m)}x{max(m, round(w / m) * m)}")
+        raise BuildError(
+            f"resolution {h}x{w} is not a multiple of {m} for this checkpoint; try "
+            f"{max(m, round(h / m) * m)}x{max(m, round(w / m) * m)}"
+        )
     if o.batch < 1:
         raise BuildError(f"batch must be >= 1, got {o.batch}")
     precision = o.precision or ("fp16" if o.backend == "tensorrt" else "fp32")
@@ -90,8 +92,10 @@ def _engine_id(o: BuildOptions) -> tuple[str, list[str], dict]:
             return "onnxruntime-cpu", ["CPUExecutionProvider"], {}
         if o.device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BuildError("ONNX Runtime has no CUDA provider here: install 'igr-sdk[onnxruntime-gpu]' "
-                                 "(never together with onnxruntime) on a CUDA host, or use --device cpu")
+                raise BuildError(
+                    "ONNX Runtime has no CUDA provider here: install 'igr-sdk[onnxruntime-gpu]' "
+                    "(never together with onnxruntime) on a CUDA host, or use --device cpu"
+                )
             return "onnxruntime-cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], {}
         raise BuildError(f"unknown device {o.device!r} for onnxruntime; expected cpu or cuda")
     from export import tensorrt_build
@@ -107,8 +111,11 @@ def _key(**parts) -> str:
 
 def _file_entry(root: Path, files: list[Path]) -> dict:
     main, *data = files
-    return {"file": main.relative_to(root).as_posix(), "sha256": sha256_file(main),
-            "data": [{"file": d.relative_to(root).as_posix(), "sha256": sha256_file(d)} for d in data]}
+    return {
+        "file": main.relative_to(root).as_posix(),
+        "sha256": sha256_file(main),
+        "data": [{"file": d.relative_to(root).as_posix(), "sha256": sha256_file(d)} for d in data],
+    }
 
 
 def _still_valid(root: Path, entry: dict, key: str) -> bool:
@@ -158,8 +165,17 @@ def build(o: BuildOptions) -> dict:
     t_all = time.perf_counter()
     for i, g in enumerate(GRAPHS, 1):
         spec = spec_all[g]
-        key = _key(graph=g, engine=engine_id, precision=precision, opset=o.opset, resolution=[h, w],
-                   batch=o.batch, parts={p: part_hash[p] for p in spec.parts}, tools=tools, info=engine_info)
+        key = _key(
+            graph=g,
+            engine=engine_id,
+            precision=precision,
+            opset=o.opset,
+            resolution=[h, w],
+            batch=o.batch,
+            parts={p: part_hash[p] for p in spec.parts},
+            tools=tools,
+            info=engine_info,
+        )
         old = prev_graphs.get(g, {}).get("engines", {}).get(engine_id)
         if old and _still_valid(out, old, key):
             graphs[g]["engines"][engine_id] = old
@@ -180,8 +196,13 @@ def build(o: BuildOptions) -> dict:
         "schema": SCHEMA,
         "resolution": [h, w],
         "batch": o.batch,
-        "latent": {"channels": 4, "height": h // f, "width": w // f, "factor": f,
-                   "scaling_factor": config.vae.scaling_factor},
+        "latent": {
+            "channels": 4,
+            "height": h // f,
+            "width": w // f,
+            "factor": f,
+            "scaling_factor": config.vae.scaling_factor,
+        },
         "categories": list(CATEGORIES),
         "ip_tokens": config.ip_tokens,
         "text_len": config.text_len,
@@ -191,8 +212,12 @@ def build(o: BuildOptions) -> dict:
         "scheduler": asdict(config.scheduler),
         "constants": constants,
         "graphs": graphs,
-        "source_checkpoint": {"path": str(ck.resolve()), "name": config.name, "meta": read_meta(ck),
-                              "parts_sha256": part_hash},
+        "source_checkpoint": {
+            "path": str(ck.resolve()),
+            "name": config.name,
+            "meta": read_meta(ck),
+            "parts_sha256": part_hash,
+        },
         "tools": tools,
     }
     tmp = out / "manifest.json.tmp"
@@ -212,8 +237,19 @@ def _write_constants(out: Path, model) -> dict:
     return {"file": CONSTANTS, "sha256": sha256_file(path)}
 
 
-def _build_graph(o: BuildOptions, out: Path, g: str, spec: GraphSpec, src, fp32_model, precision: str,
-                 engine_id: str, providers: list[str], h: int, w: int) -> dict:
+def _build_graph(
+    o: BuildOptions,
+    out: Path,
+    g: str,
+    spec: GraphSpec,
+    src,
+    fp32_model,
+    precision: str,
+    engine_id: str,
+    providers: list[str],
+    h: int,
+    w: int,
+) -> dict:
     module = module_for(src, g, o.batch)
     inputs = example_inputs(spec)
     onnx_path = out / "onnx" / f"{g}.{precision}.onnx"
@@ -242,8 +278,9 @@ def _build_graph(o: BuildOptions, out: Path, g: str, spec: GraphSpec, src, fp32_
     import tensorrt as trt
 
     plan = out / tensorrt_build.plan_name(g, precision, info[1], trt.__version__)
-    built = tensorrt_build.build_plan(onnx_path, plan, shapes, optimization_level=o.trt_opt_level,
-                                      timing_cache=o.timing_cache)
+    built = tensorrt_build.build_plan(
+        onnx_path, plan, shapes, optimization_level=o.trt_opt_level, timing_cache=o.timing_cache
+    )
     return {**_file_entry(out, [plan]), "onnx": _file_entry(out, onnx_files), "build": built, **io}
 
 

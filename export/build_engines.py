@@ -48,9 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     from train.checkpoint import CheckpointError
 
     opts = BuildOptions(
-        checkpoint=args.checkpoint, out=args.out, backend=args.backend, resolution=args.resolution,
-        batch=args.batch, precision=args.precision, opset=args.opset, device=args.device,
-        verify=not args.no_verify, trt_opt_level=args.trt_opt_level, timing_cache=args.timing_cache,
+        checkpoint=args.checkpoint,
+        out=args.out,
+        backend=args.backend,
+        resolution=args.resolution,
+        batch=args.batch,
+        precision=args.precision,
+        opset=args.opset,
+        device=args.device,
+        verify=not args.no_verify,
+        trt_opt_level=args.trt_opt_level,
+        timing_cache=args.timing_cache,
     )
     try:
         build(opts)

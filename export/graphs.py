@@ -66,11 +66,17 @@ class DenoiserGraph(nn.Module):
         super().__init__()
         self.model, self.batch = model, batch
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text_embeds: torch.Tensor,
-                ip_tokens: torch.Tensor, ref_k: list[torch.Tensor], ref_v: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeds: torch.Tensor,
+        ip_tokens: torch.Tensor,
+        ref_k: list[torch.Tensor],
+        ref_v: list[torch.Tensor],
+    ) -> torch.Tensor:
         t = timestep.expand(sample.shape[0])  # (1,) -> (2B,)
-        return self.model.denoise(sample, t, text_embeds, ip_tokens, self.batch, ref_k=list(ref_k),
-                                  ref_v=list(ref_v))
+        return self.model.denoise(sample, t, text_embeds, ip_tokens, self.batch, ref_k=list(ref_k), ref_v=list(ref_v))
 
 
 @dataclass(frozen=True)
@@ -133,19 +139,37 @@ def specs(model: IGRModel, height: int, width: int, batch: int, dtype: str = "fl
         return TensorSpec(name, tuple(shape), dtype)
 
     return {
-        "image_encoder": GraphSpec("image_encoder", (t("garment_crop", b, 3, CLIP_SIZE, CLIP_SIZE),),
-                                   (t("ip_tokens", b, t_ip, cross),), ("image_encoder", "image_proj")),
-        "vae_encoder": GraphSpec("vae_encoder", (t("image", b, 3, height, width),), (t("latent", b, 4, h, w),),
-                                 ("vae",)),
-        "garmnet": GraphSpec("garmnet", (t("person_latent", b, 4, h, w), t("mask", b, 1, h, w),
-                                         t("text_embeds", b, c.text_len, cross)),
-                             ref_k + ref_v, ("garmnet", "denoiser")),
-        "denoiser": GraphSpec("denoiser", (t("sample", 2 * b, 4, h, w), TensorSpec("timestep", (1,), "float32"),
-                                           t("text_embeds", 2 * b, c.text_len, cross),
-                                           t("ip_tokens", 2 * b, t_ip, cross), *ref_k, *ref_v),
-                              (t("noise_pred", 2 * b, 4, h, w),), ("denoiser",)),
-        "vae_decoder": GraphSpec("vae_decoder", (t("latent", b, 4, h, w),), (t("image", b, 3, height, width),),
-                                 ("vae",)),
+        "image_encoder": GraphSpec(
+            "image_encoder",
+            (t("garment_crop", b, 3, CLIP_SIZE, CLIP_SIZE),),
+            (t("ip_tokens", b, t_ip, cross),),
+            ("image_encoder", "image_proj"),
+        ),
+        "vae_encoder": GraphSpec(
+            "vae_encoder", (t("image", b, 3, height, width),), (t("latent", b, 4, h, w),), ("vae",)
+        ),
+        "garmnet": GraphSpec(
+            "garmnet",
+            (t("person_latent", b, 4, h, w), t("mask", b, 1, h, w), t("text_embeds", b, c.text_len, cross)),
+            ref_k + ref_v,
+            ("garmnet", "denoiser"),
+        ),
+        "denoiser": GraphSpec(
+            "denoiser",
+            (
+                t("sample", 2 * b, 4, h, w),
+                TensorSpec("timestep", (1,), "float32"),
+                t("text_embeds", 2 * b, c.text_len, cross),
+                t("ip_tokens", 2 * b, t_ip, cross),
+                *ref_k,
+                *ref_v,
+            ),
+            (t("noise_pred", 2 * b, 4, h, w),),
+            ("denoiser",),
+        ),
+        "vae_decoder": GraphSpec(
+            "vae_decoder", (t("latent", b, 4, h, w),), (t("image", b, 3, height, width),), ("vae",)
+        ),
     }
 
 

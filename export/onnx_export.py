@@ -38,8 +38,9 @@ def to_half(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_onnx(module: nn.Module, spec: GraphSpec, inputs: dict[str, torch.Tensor], path: Path,
-                opset: int = 23) -> list[Path]:
+def export_onnx(
+    module: nn.Module, spec: GraphSpec, inputs: dict[str, torch.Tensor], path: Path, opset: int = 23
+) -> list[Path]:
     """Write ``path`` (plus external data when large); returns every file written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
@@ -48,9 +49,14 @@ def export_onnx(module: nn.Module, spec: GraphSpec, inputs: dict[str, torch.Tens
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, call_args(spec, inputs), dynamo=True, opset_version=opset,
-            input_names=[s.name for s in spec.inputs], output_names=[s.name for s in spec.outputs],
-            optimize=True, verbose=False,
+            module,
+            call_args(spec, inputs),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[s.name for s in spec.inputs],
+            output_names=[s.name for s in spec.outputs],
+            optimize=True,
+            verbose=False,
         )
     for old in _files_of(path):
         old.unlink()
@@ -83,10 +89,13 @@ def session(path: Path, providers: list[str], optimized_out: Path | None = None,
     }[level]
     if optimized_out is not None:
         so.optimized_model_filepath = str(optimized_out)
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                    optimized_out.name + ".data")
-        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                    str(EXTERNAL_DATA_BYTES if _size(path) > EXTERNAL_DATA_BYTES else 2**62))
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", optimized_out.name + ".data"
+        )
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes",
+            str(EXTERNAL_DATA_BYTES if _size(path) > EXTERNAL_DATA_BYTES else 2**62),
+        )
     return ort.InferenceSession(str(path), sess_options=so, providers=providers)
 
 
@@ -102,8 +111,9 @@ def optimize_for_ort(path: Path, out: Path, providers: list[str]) -> list[Path]:
     return _files_of(out)
 
 
-def max_error(model_path: Path, spec: GraphSpec, inputs: dict[str, torch.Tensor], expected: list[np.ndarray],
-              providers: list[str]) -> tuple[float, float]:
+def max_error(
+    model_path: Path, spec: GraphSpec, inputs: dict[str, torch.Tensor], expected: list[np.ndarray], providers: list[str]
+) -> tuple[float, float]:
     """(max abs error, max |expected|) of ONNX Runtime against torch over every output."""
     sess = session(model_path, providers)
     feed = {s.name: inputs[s.name].numpy() for s in spec.inputs}

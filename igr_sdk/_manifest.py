@@ -94,10 +94,15 @@ class Manifest:
         try:
             e = self.raw["graphs"][graph]["engines"][engine_id]
         except KeyError:
-            raise EngineError(f"{self.root}: manifest has no {engine_id!r} engine for graph {graph!r}; "
-                              f"available: {sorted(self.engine_ids())}") from None
+            raise EngineError(
+                f"{self.root}: manifest has no {engine_id!r} engine for graph {graph!r}; "
+                f"available: {sorted(self.engine_ids())}"
+            ) from None
         return EngineEntry(
-            graph=graph, engine_id=engine_id, path=self.resolve(e["file"]), sha256=e["sha256"],
+            graph=graph,
+            engine_id=engine_id,
+            path=self.resolve(e["file"]),
+            sha256=e["sha256"],
             data=tuple((self.resolve(d["file"]), d["sha256"]) for d in e.get("data", [])),
             precision=e["precision"],
             inputs=tuple(TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in e["inputs"]),
@@ -123,8 +128,10 @@ def check_file(path: Path, digest: str) -> None:
         raise EngineError(f"engine file {str(path)!r} is missing")
     got = sha256_file(path)
     if got != digest:
-        raise EngineError(f"engine file {str(path)!r} does not match its manifest hash "
-                          f"(sha256 {got[:12]}..., expected {digest[:12]}...): it was modified or corrupted")
+        raise EngineError(
+            f"engine file {str(path)!r} does not match its manifest hash "
+            f"(sha256 {got[:12]}..., expected {digest[:12]}...): it was modified or corrupted"
+        )
 
 
 def read_manifest(root: str | Path) -> Manifest:
@@ -140,8 +147,10 @@ def read_manifest(root: str | Path) -> Manifest:
         raise EngineError(f"{str(p)!r} is not valid JSON: {e}") from None
     schema = raw.get("schema") if isinstance(raw, dict) else None
     if schema != SCHEMA:
-        raise EngineError(f"{str(p)!r} has schema {schema!r}; this igr_sdk reads {SCHEMA!r}: rebuild the engines "
-                          "with the matching version of export/build_engines.py")
+        raise EngineError(
+            f"{str(p)!r} has schema {schema!r}; this igr_sdk reads {SCHEMA!r}: rebuild the engines "
+            "with the matching version of export/build_engines.py"
+        )
     missing = [g for g in GRAPHS if g not in raw.get("graphs", {})]
     if missing:
         raise EngineError(f"{str(p)!r} lacks graphs {missing}")

@@ -126,3 +126,28 @@ def public_layouts(tmp_path_factory, tiny_config) -> PublicLayouts:
         clip,
         ip_state,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model):
+    from train.checkpoint import save_checkpoint
+
+    return save_checkpoint(tiny_model, tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def _build(checkpoint, out, **kw):
+    from export.build import BuildOptions, build
+
+    build(BuildOptions(checkpoint=checkpoint, out=out, **kw))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tmp_path_factory, tiny_checkpoint):
+    """ONNX Runtime CPU engines of the tiny checkpoint, exported once per test session."""
+    return _build(tiny_checkpoint, tmp_path_factory.mktemp("engines") / "b1")
+
+
+@pytest.fixture(scope="session")
+def tiny_engines_b2(tmp_path_factory, tiny_checkpoint):
+    return _build(tiny_checkpoint, tmp_path_factory.mktemp("engines") / "b2", batch=2)

@@ -1,0 +1,105 @@
+"""``igr-restore``: restore garments from person photos on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from igr_sdk._errors import EngineError, InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="igr-restore",
+        description="Restore the in-shop image of the garment each person wears.",
+        epilog="Example: igr-restore person.jpg --mask mask.png --category upper --engines engines/ --out garment.png",
+    )
+    ap.add_argument("persons", nargs="+", type=Path, help="person photo(s)")
+    ap.add_argument("--mask", nargs="+", type=Path, required=True, help="garment mask(s), one per person")
+    ap.add_argument("--category", nargs="+", default=["upper"], help="upper, lower or full; one, or one per person")
+    ap.add_argument("--engines", type=Path, help="engine directory (default: the bundled model)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output image for one person, or a folder (one <person>.png each) for several",
+    )
+    ap.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    ap.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (default 1.5)")
+    ap.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    ap.add_argument("--backend", default="auto", help="auto, onnxruntime or tensorrt")
+    ap.add_argument("--device", help="cpu, cuda or cuda:N (default: the best available)")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def _outputs(persons: list[Path], out: Path) -> list[Path]:
+    if len(persons) == 1 and out.suffix.lower() in IMAGE_SUFFIXES:
+        return [out]
+    if out.suffix.lower() in IMAGE_SUFFIXES:
+        raise InputError(f"--out {str(out)!r} is one image but {len(persons)} persons were given; pass a folder")
+    names = [p.stem for p in persons]
+    if len(set(names)) != len(names):
+        raise InputError("persons share a file name; restore them in separate calls or rename them")
+    return [out / f"{n}.png" for n in names]
+
+
+def _bar(quiet: bool):
+    start = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        if quiet:
+            return
+        filled = int(30 * done / total)
+        rate = done / max(time.perf_counter() - start, 1e-9)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} steps, {rate:.1f} it/s")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from igr_sdk._restorer import Restorer
+
+    try:
+        if len(args.mask) != len(args.persons):
+            raise InputError(f"got {len(args.persons)} persons but {len(args.mask)} masks; give one mask per person")
+        if len(args.category) not in (1, len(args.persons)):
+            raise InputError(f"got {len(args.category)} categories for {len(args.persons)} persons")
+        outs = _outputs(args.persons, args.out)
+        restorer = Restorer.from_dir(args.engines, backend=args.backend, device=args.device)
+        cats = args.category if len(args.category) > 1 else args.category[0]
+        result = restorer.restore(
+            [str(p) for p in args.persons],
+            [str(m) for m in args.mask],
+            cats,
+            steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            progress=_bar(args.quiet),
+        )
+        for img, path in zip(result.images, outs):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img.save(path)
+    except (InputError, EngineError) as e:
+        print(f"igr-restore: error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        t = result.timings
+        print(
+            f"wrote {len(outs)} image(s) to {args.out} in {t['total']:.2f} s "
+            f"(denoiser {t['denoiser']:.2f} s, {restorer.backend.name})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

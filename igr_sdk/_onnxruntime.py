@@ -1,0 +1,100 @@
+"""ONNX Runtime backend: CPU, or the CUDA execution provider with IO binding.
+
+On CUDA, outputs are bound to device memory (OrtValue) so GarmNet's reference K/V never leave
+the GPU between the denoiser's steps.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from igr_sdk._backend import describe_mismatch, require
+from igr_sdk._errors import EngineError
+from igr_sdk._manifest import Manifest, TensorInfo
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+}
+GRAPHS = ("image_encoder", "vae_encoder", "garmnet", "denoiser", "vae_decoder")
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, name: str, sessions: dict, dtypes: dict, device_id: int | None, ort):
+        self.name = name
+        self._sessions = sessions
+        self._dtypes = dtypes  # (graph, input name) -> numpy dtype
+        self._device_id = device_id
+        self._ort = ort
+
+    @classmethod
+    def open(cls, manifest: Manifest, device: str | int | None = None) -> OnnxRuntimeBackend:
+        ort = require("onnxruntime", "onnxruntime")
+        available = ort.get_available_providers()
+        dev = "cuda" if device is None and "CUDAExecutionProvider" in available else (device or "cpu")
+        dev = str(dev)
+        device_id = None
+        if dev.startswith("cuda"):
+            if "CUDAExecutionProvider" not in available:
+                raise EngineError(
+                    "ONNX Runtime has no CUDA provider here: install 'igr-sdk[onnxruntime-gpu]' "
+                    "(never together with onnxruntime), or use device='cpu'"
+                )
+            device_id = int(dev.partition(":")[2] or 0)
+            engine_id = "onnxruntime-cuda"
+            providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+            if engine_id not in manifest.engine_ids() and device is None:
+                engine_id, providers, device_id = "onnxruntime-cpu", ["CPUExecutionProvider"], None
+        elif dev == "cpu":
+            engine_id, providers = "onnxruntime-cpu", ["CPUExecutionProvider"]
+        else:
+            raise EngineError(f"unknown device {device!r} for onnxruntime; expected 'cpu' or 'cuda[:N]'")
+
+        sessions, dtypes = {}, {}
+        for g in GRAPHS:
+            entry = manifest.engine(g, engine_id)
+            manifest.verify(entry)  # hashes before ONNX Runtime parses a byte of it
+            so = ort.SessionOptions()
+            # the file is already optimised offline; re-running the passes costs load time only
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            so.log_severity_level = 3
+            try:
+                sess = ort.InferenceSession(str(entry.path), sess_options=so, providers=providers)
+            except Exception as e:  # ORT raises its own exception types for invalid models
+                raise EngineError(f"ONNX Runtime cannot load {entry.path.name}: {e}") from None
+            for kind, infos in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
+                reported = [TensorInfo(i.name, tuple(i.shape), _ORT_TYPES.get(i.type, i.type)) for i in infos]
+                diff = describe_mismatch(entry, reported, kind)
+                if diff:
+                    raise EngineError(diff)
+            sessions[g] = sess
+            dtypes.update({(g, t.name): np.dtype(t.dtype) for t in entry.inputs})
+        log.info("onnxruntime backend %s (%s)", engine_id, ", ".join(sessions["denoiser"].get_providers()))
+        return cls(engine_id, sessions, dtypes, device_id, ort)
+
+    def input_dtype(self, graph: str, name: str) -> np.dtype:
+        return self._dtypes[(graph, name)]
+
+    def run(self, graph: str, feeds: dict) -> dict:
+        sess = self._sessions[graph]
+        names = [o.name for o in sess.get_outputs()]
+        if self._device_id is None:
+            return dict(zip(names, sess.run(names, feeds)))
+        binding = sess.io_binding()
+        for k, v in feeds.items():
+            if isinstance(v, np.ndarray):
+                v = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), "cuda", self._device_id)
+            binding.bind_ortvalue_input(k, v)
+        for n in names:
+            binding.bind_output(n, "cuda", self._device_id)
+        sess.run_with_iobinding(binding)
+        return dict(zip(names, binding.get_outputs()))
+
+    def to_host(self, x) -> np.ndarray:
+        return x if isinstance(x, np.ndarray) else x.numpy()

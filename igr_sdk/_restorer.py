@@ -1,0 +1,236 @@
+"""``Restorer``: garment restoration over an engine directory, torch-free.
+
+Stages of one request (DESIGN.md section 4):
+  1. validate and preprocess inputs (resize and pad, garment crop, mask on the latent grid)
+  2. ``image_encoder`` on the garment crop -> IP tokens
+  3. ``vae_encoder`` on the person, then ``garmnet`` once -> reference K/V, kept on the device
+  4. DDIM: one ``denoiser`` call per step on [uncond x B ; cond x B], CFG combine, numpy update
+  5. ``vae_decoder`` -> PIL images
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from igr_sdk import _scheduler as ddim
+from igr_sdk._backend import Backend, open_backend
+from igr_sdk._errors import EngineError, InputError
+from igr_sdk._manifest import Manifest, check_file, read_manifest
+from igr_sdk._preprocess import ImageLike, Prepared, prepare, to_image
+
+STAGES = ("preprocess", "image_encoder", "vae_encoder", "garmnet", "denoiser", "vae_decoder", "postprocess")
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    images: tuple[Image.Image, ...]  # one garment per person, at the engines' resolution
+    timings: dict[str, float]  # seconds per stage (STAGES) and "total"
+    seeds: tuple[int, ...]
+
+    @property
+    def image(self) -> Image.Image:
+        return self.images[0]
+
+
+def _listify(x, n: int, what: str) -> list:
+    if isinstance(x, (list, tuple)):
+        if len(x) != n:
+            raise InputError(f"got {n} person images but {len(x)} {what}")
+        return list(x)
+    return [x] * n
+
+
+class Restorer:
+    """Restores in-shop garment images from person photos with exported IGR engines.
+
+    Thread-safe for ONNX Runtime: a call keeps all its state in locals.
+    """
+
+    def __init__(self, manifest: Manifest, backend: Backend, constants: dict[str, np.ndarray]):
+        self.manifest = manifest
+        self.backend = backend
+        self._prompt_embeds = constants["prompt_embeds"]  # (3, 77, C)
+        self._uncond_ip = constants["uncond_ip_tokens"]  # (1, T_ip, C)
+        sched = manifest.raw["scheduler"]
+        self._alpha_bar = ddim.alphas_cumprod(
+            sched["beta_start"], sched["beta_end"], sched["num_train_timesteps"], sched["beta_schedule"]
+        )
+        self._final_alpha_bar = 1.0 if sched["set_alpha_to_one"] else float(self._alpha_bar[0])
+        if sched["prediction_type"] != "epsilon":
+            raise EngineError(f"manifest scheduler predicts {sched['prediction_type']!r}; only 'epsilon' is supported")
+
+    @classmethod
+    def from_dir(
+        cls, engine_dir: str | Path | None = None, backend: str = "auto", device: str | int | None = None
+    ) -> Restorer:
+        """Open an engine directory written by ``export/build_engines.py``.
+
+        backend: "auto" (TensorRT when its plans match this GPU, else ONNX Runtime), "onnxruntime"
+        or "tensorrt". device: "cpu", "cuda" or "cuda:N" for ONNX Runtime, a GPU index for TensorRT.
+        """
+        if engine_dir is None:
+            from igr_sdk._default import default_engine_dir
+
+            engine_dir = default_engine_dir()
+        manifest = read_manifest(engine_dir)
+        c = manifest.raw["constants"]
+        path = manifest.resolve(c["file"])
+        check_file(path, c["sha256"])
+        with np.load(path, allow_pickle=False) as z:
+            constants = {k: z[k] for k in ("prompt_embeds", "uncond_ip_tokens")}
+        return cls(manifest, open_backend(manifest, backend, device), constants)
+
+    # --- public API -----------------------------------------------------------------------------
+    def restore(
+        self,
+        person: ImageLike | Sequence[ImageLike],
+        mask: ImageLike | Sequence[ImageLike],
+        category: str | Sequence[str] = "upper",
+        steps: int = 25,
+        guidance_scale: float = 1.5,
+        seed: int | Sequence[int] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> RestoreResult:
+        """Restore the garment worn in ``person`` (one image or a list, restored as batches).
+
+        mask: the garment's mask (image or 0/1 array, any size with the person's aspect ratio).
+        seed: int for all, one per person, or None for fresh seeds (returned in the result).
+        progress: called as progress(done_steps, total_steps) after every denoiser step.
+        """
+        persons = list(person) if isinstance(person, (list, tuple)) else [person]
+        if not persons:
+            raise InputError("no person image given")
+        n = len(persons)
+        masks = _listify(mask, n, "masks")
+        cats = _listify(category, n, "categories")
+        for c in cats:
+            if c not in self.manifest.categories:
+                raise InputError(f"unknown category {c!r}; expected one of {self.manifest.categories}")
+        timesteps = ddim.ddim_timesteps(
+            steps, self.manifest.raw["scheduler"]["num_train_timesteps"], self.manifest.raw["scheduler"]["steps_offset"]
+        )
+        if (
+            isinstance(guidance_scale, bool)
+            or not isinstance(guidance_scale, (int, float))
+            or not math.isfinite(guidance_scale)
+        ):
+            raise InputError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        seeds = [secrets.randbits(63) for _ in range(n)] if seed is None else _listify(seed, n, "seeds")
+        for s in seeds:
+            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+                raise InputError(f"seed must be a non-negative integer, got {s!r}")
+
+        timings = dict.fromkeys(STAGES, 0.0)
+        t_start = time.perf_counter()
+        h, w = self.manifest.resolution
+        prepared = [prepare(p, m, h, w, self.manifest.latent_factor) for p, m in zip(persons, masks)]
+        timings["preprocess"] = time.perf_counter() - t_start
+
+        b = self.manifest.batch
+        images: list[Image.Image] = []
+        total_steps = len(timesteps) * math.ceil(n / b)
+        for start in range(0, n, b):
+            chunk = list(range(start, min(start + b, n)))
+            pad = chunk + [chunk[-1]] * (b - len(chunk))  # engines have a static batch: repeat the last
+            out = self._restore_batch(
+                [prepared[i] for i in pad],
+                [cats[i] for i in pad],
+                [seeds[i] for i in pad],
+                timesteps,
+                float(guidance_scale),
+                timings,
+                progress,
+                start // b * len(timesteps),
+                total_steps,
+            )
+            images.extend(out[: len(chunk)])
+        timings["total"] = time.perf_counter() - t_start
+        return RestoreResult(tuple(images), timings, tuple(int(s) for s in seeds))
+
+    # --- one engine batch ------------------------------------------------------------------------
+    def _restore_batch(
+        self,
+        prepared: list[Prepared],
+        cats: list[str],
+        seeds: list[int],
+        timesteps: np.ndarray,
+        guidance_scale: float,
+        timings: dict,
+        progress,
+        done: int,
+        total: int,
+    ) -> list[Image.Image]:
+        be = self.backend
+        b = len(prepared)
+
+        def cast(graph: str, name: str, x: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(x, dtype=be.input_dtype(graph, name))
+
+        def timed(stage: str, graph: str, feeds: dict) -> dict:
+            t0 = time.perf_counter()
+            out = be.run(graph, feeds)
+            timings[stage] += time.perf_counter() - t0
+            return out
+
+        text = self._prompt_embeds[[self.manifest.categories.index(c) for c in cats]]  # (B, 77, C)
+        # 2. IP tokens: [zero-embedding tokens x B ; garment tokens x B]
+        crops = np.stack([p.garment_crop for p in prepared])  # (B, 3, 224, 224)
+        ip = be.to_host(
+            timed("image_encoder", "image_encoder", {"garment_crop": cast("image_encoder", "garment_crop", crops)})[
+                "ip_tokens"
+            ]
+        )
+        ip2 = np.concatenate([np.repeat(self._uncond_ip, b, axis=0), ip.astype(np.float32)])  # (2B, T_ip, C)
+
+        # 3. person latent and the reference K/V cache (stays wherever the backend keeps it)
+        person = np.stack([p.person for p in prepared])  # (B, 3, H, W)
+        latent = timed("vae_encoder", "vae_encoder", {"image": cast("vae_encoder", "image", person)})["latent"]
+        mask = np.stack([p.mask for p in prepared])  # (B, 1, h, w)
+        refs = timed(
+            "garmnet",
+            "garmnet",
+            {
+                "person_latent": latent,
+                "mask": cast("garmnet", "mask", mask),
+                "text_embeds": cast("garmnet", "text_embeds", text),
+            },
+        )
+
+        # 4. DDIM over the CFG batch; constant inputs are converted once, outside the loop
+        lat_shape = (4, *(s // self.manifest.latent_factor for s in self.manifest.resolution))
+        x = np.stack([np.random.default_rng(s).standard_normal(lat_shape, dtype=np.float32) for s in seeds])
+        fixed = {
+            "text_embeds": cast("denoiser", "text_embeds", np.concatenate([text, text])),
+            "ip_tokens": cast("denoiser", "ip_tokens", ip2),
+            **refs,
+        }
+        for i, t in enumerate(timesteps):
+            prev = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
+            feeds = {
+                "sample": cast("denoiser", "sample", np.concatenate([x, x])),
+                "timestep": cast("denoiser", "timestep", np.array([t], dtype=np.float32)),
+                **fixed,
+            }
+            eps = be.to_host(timed("denoiser", "denoiser", feeds)["noise_pred"]).astype(np.float32)
+            x = ddim.ddim_step(
+                x, ddim.guided(eps, guidance_scale), int(t), prev, self._alpha_bar, self._final_alpha_bar
+            )
+            if progress is not None:
+                progress(done + i + 1, total)
+
+        # 5. decode
+        image = be.to_host(
+            timed("vae_decoder", "vae_decoder", {"latent": cast("vae_decoder", "latent", x)})["image"]
+        ).astype(np.float32)
+        t0 = time.perf_counter()
+        out = [to_image(im) for im in image]
+        timings["postprocess"] += time.perf_counter() - t0
+        return out
