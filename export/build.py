@@ -7,6 +7,7 @@ every entry whose key is unchanged and whose files still match their hashes, and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -56,10 +57,8 @@ def _versions(backend: str) -> dict[str, str]:
         names.append("tensorrt")
     out = {}
     for n in names:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

@@ -29,12 +29,23 @@ class FP32GroupNorm(nn.GroupNorm):
         return nn.functional.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
 
 
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm in fp32: TensorRT honours LayerNormalization's stash_type only in weakly typed builds."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return nn.functional.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
 def to_half(model: nn.Module) -> nn.Module:
-    """fp16 weights and activations, with GroupNorm kept in fp32 (strongly typed in the graph)."""
+    """fp16 weights and activations, normalisation statistics in fp32 (strongly typed in the graph)."""
     model.half()
     for m in model.modules():
         if type(m) is nn.GroupNorm:
             m.__class__ = FP32GroupNorm
+        elif type(m) is nn.LayerNorm:
+            m.__class__ = FP32LayerNorm
     return model
 
 

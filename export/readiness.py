@@ -16,8 +16,10 @@ It works on graph structure, shapes and dtypes only: weights are never loaded (a
 2. **Tensor sizes** (``tensor_too_large``). Graph inputs are fixed to ``input_shapes`` and ONNX shape
    inference runs with data propagation; every graph input and every node output of the main graph whose
    static element count exceeds ``max_elements`` (TensorRT's per-tensor limit, 2^31 - 1) is flagged with the
-   node that produces it. This is what catches an unfused MatMul-Softmax-MatMul attention: at 1024x768 the
-   level-1 score tensor of one SD1.5 cond row is 8 x 12288 x 24576 = 2.4e9 elements.
+   node that produces it (GroupNormalization and MeanVarianceNormalization, which onnx cannot infer, are
+   treated as shape-preserving so that inference carries on past them). This is what catches an unfused
+   MatMul-Softmax-MatMul attention: at 1024x768 the level-1 score tensor of one SD1.5 cond row is
+   8 x 12288 x 24576 = 2.4e9 elements.
 3. **fp16 overflow** (``fp16_overflow_risk``), on when the model holds fp16 tensors (or ``fp16=True``).
    A node is flagged when its data input (input 0) is known to be fp16 and its op is one of
    GroupNormalization, InstanceNormalization, LayerNormalization, ReduceMean, ReduceSumSquare, Pow (their
@@ -40,7 +42,7 @@ import math
 import operator
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -113,6 +115,8 @@ _FP32_STATISTICS_OPS = {
 # can see shape/axes constants; everything bigger is a weight, and only its dims matter.
 _SMALL_INITIALIZER = 4096
 _LARGEST_COUNT = 5
+# Ops whose output has the shape and dtype of input 0 but that onnx's shape inference does not cover.
+_SHAPE_PRESERVING_UNINFERRED = frozenset({"GroupNormalization", "MeanVarianceNormalization"})
 
 Dims = tuple[int | str | None, ...]
 
@@ -343,6 +347,24 @@ def _fix_inputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -
         vi.type.tensor_type.ClearField("shape")
 
 
+def _for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which shape-preserving ops that ONNX cannot infer become Identity on their data input.
+
+    onnx 1.23 has no shape inference for GroupNormalization (every UNet resnet block) or
+    MeanVarianceNormalization; left alone, every tensor after the first GroupNorm would stay unknown.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)  # already weight-free
+    for node in out.graph.node:
+        if node.op_type in _SHAPE_PRESERVING_UNINFERRED and node.domain in _DEFAULT_DOMAINS and node.input:
+            data = node.input[0]
+            node.ClearField("input")
+            node.ClearField("attribute")
+            node.input.append(data)
+            node.op_type = "Identity"
+    return out
+
+
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
@@ -394,7 +416,9 @@ def _fmt_version(v: tuple[int, int]) -> str:
 # ---------------------------------------------------------------- the checks
 
 
-def _op_problems(label: str, node: onnx.NodeProto, opset: int, trt_version: tuple[int, int], dims_of) -> list[Problem]:
+def _op_problems(
+    label: str, node: onnx.NodeProto, opset: int, trt_version: tuple[int, int], dims_of: Callable[[str], Dims | None]
+) -> list[Problem]:
     op, domain = node.op_type, node.domain
     if domain not in _DEFAULT_DOMAINS:
         if domain == _ORT_DOMAIN:
@@ -416,7 +440,7 @@ def _op_problems(label: str, node: onnx.NodeProto, opset: int, trt_version: tupl
     return [Problem("unsupported_op", label, op, why) for why in _restrictions(node, dims_of)]
 
 
-def _restrictions(node: onnx.NodeProto, dims_of) -> list[str]:
+def _restrictions(node: onnx.NodeProto, dims_of: Callable[[str], Dims | None]) -> list[str]:
     """Documented limits of ops the parser otherwise supports (those that matter for this project)."""
     out: list[str] = []
     optional_outputs = [o for o in node.output[1:] if o]
@@ -436,7 +460,9 @@ def _restrictions(node: onnx.NodeProto, dims_of) -> list[str]:
     return out
 
 
-def _fp16_problem(label: str, node: onnx.NodeProto, dtype_of, strongly_typed: bool) -> Problem | None:
+def _fp16_problem(
+    label: str, node: onnx.NodeProto, dtype_of: Callable[[str], int | None], strongly_typed: bool
+) -> Problem | None:
     op = node.op_type
     if op not in _FP32_STATISTICS_OPS or node.domain not in _DEFAULT_DOMAINS or not node.input:
         return None
@@ -449,6 +475,32 @@ def _fp16_problem(label: str, node: onnx.NodeProto, dtype_of, strongly_typed: bo
     if op == "LayerNormalization" and strongly_typed:
         detail += "; stash_type is ignored by onnx-tensorrt in strongly typed networks"
     return Problem("fp16_overflow_risk", label, op, detail)
+
+
+def _size_problems(
+    g: onnx.GraphProto, inputs: Mapping[str, tuple[int, ...]], dims_of: Callable[[str], Dims | None], max_elements: int
+) -> tuple[list[Problem], list[tuple[str, str, tuple[int, ...], int]]]:
+    """Too-large and unsized tensors among the graph inputs and every node output, with their producers."""
+    sized: list[tuple[str, str, str, Dims | None]] = [(n, "<graph input>", "input", dims_of(n)) for n in inputs]
+    for i, node in enumerate(g.node):
+        label = _node_label(node, i)
+        sized += [(out, label, node.op_type, dims_of(out)) for out in node.output if out]
+    problems: list[Problem] = []
+    known: list[tuple[str, str, tuple[int, ...], int]] = []
+    for tensor, label, op, dims in sized:
+        if dims is not None and all(isinstance(d, int) for d in dims):
+            static = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+            n = math.prod(static)
+            known.append((tensor, label, static, n))
+            if n > max_elements:
+                detail = f"{tensor!r} has shape {static} = {n:,} elements > {max_elements:,}"
+                if op in _SCORE_PRODUCERS:
+                    detail += " (an unfused attention score tensor? export attention as the fused ONNX Attention op)"
+                problems.append(Problem("tensor_too_large", label, op, detail))
+        elif op in _SCORE_PRODUCERS:
+            detail = f"{tensor!r} has shape {_fmt_dims(dims)} after shape inference, so its size is not checked"
+            problems.append(Problem("dynamic_shape", label, op, detail))
+    return problems, known
 
 
 def check(
@@ -469,11 +521,11 @@ def check(
         work = onnx.inliner.inline_local_functions(work)
     if input_shapes is not None:
         _fix_inputs(work, shapes)
-    work = _infer(work)
     g = work.graph
+    inferred = _infer(_for_inference(work)).graph
 
     types: dict[str, onnx.TypeProto.Tensor] = {}
-    for vi in [*g.input, *g.value_info, *g.output]:
+    for vi in [*inferred.input, *inferred.value_info, *inferred.output]:
         if vi.type.HasField("tensor_type"):
             types[vi.name] = vi.type.tensor_type
     init_dims = {t.name: tuple(t.dims) for t in g.initializer}
@@ -506,25 +558,8 @@ def check(
         ops[node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"] += 1
         problems += _op_problems(label, node, opset, trt_version, dims_of)
 
-    # Sizes: graph inputs, then every node output, each with the node that makes it.
-    sized: list[tuple[str, str, str, Dims | None]] = [(n, "<graph input>", "input", dims_of(n)) for n in shapes]
-    for i, node in enumerate(g.node):
-        label = _node_label(node, i)
-        sized += [(out, label, node.op_type, dims_of(out)) for out in node.output if out]
-    known: list[tuple[str, str, tuple[int, ...], int]] = []
-    for tensor, label, op, dims in sized:
-        if dims is not None and all(isinstance(d, int) for d in dims):
-            static = tuple(int(d) for d in dims)  # type: ignore[arg-type]
-            n = math.prod(static)
-            known.append((tensor, label, static, n))
-            if n > max_elements:
-                detail = f"{tensor!r} has shape {static} = {n:,} elements > {max_elements:,}"
-                if op in _SCORE_PRODUCERS:
-                    detail += " (an unfused attention score tensor? export attention as the fused ONNX Attention op)"
-                problems.append(Problem("tensor_too_large", label, op, detail))
-        elif op in _SCORE_PRODUCERS:
-            detail = f"{tensor!r} has shape {_fmt_dims(dims)} after shape inference, so its size is not checked"
-            problems.append(Problem("dynamic_shape", label, op, detail))
+    size_problems, known = _size_problems(g, shapes, dims_of, max_elements)
+    problems += size_problems
 
     if fp16 is None:
         fp16 = any(tt.elem_type == TensorProto.FLOAT16 for tt in types.values()) or any(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from igr_sdk._errors import InputError
+
 
 def alphas_cumprod(
     beta_start: float = 0.00085,
@@ -31,9 +33,9 @@ def ddim_timesteps(
 ) -> np.ndarray:
     """The sampling timesteps, descending. 25 steps give 961, 921, ..., 41, 1."""
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        raise InputError(f"steps must be an integer >= 1, got {steps!r}")
     if steps > num_train_timesteps:
-        raise ValueError(f"steps must be at most {num_train_timesteps}, got {steps}")
+        raise InputError(f"steps must be at most {num_train_timesteps}, got {steps}")
     if timestep_spacing != "leading":
         raise ValueError(f"timestep_spacing {timestep_spacing!r} is not supported; expected 'leading'")
     ratio = num_train_timesteps // steps

@@ -168,3 +168,38 @@ def test_fp16_graph_keeps_group_norm_statistics_in_fp32(tiny_model, tmp_path):
     except Exception as e:  # an fp16 kernel missing from this ONNX Runtime CPU build
         pytest.skip(f"ONNX Runtime CPU cannot run this fp16 graph: {e}")
     assert np.abs(got.astype(np.float32) - fp32).max() < 2e-2 * max(1.0, np.abs(fp32).max())
+
+
+@pytest.mark.parametrize("graph", ["denoiser", "image_encoder"])
+def test_fp16_graphs_pass_the_tensorrt_readiness_check(tiny_model, tmp_path, graph):
+    from export.onnx_export import export_onnx, to_half
+    from export.readiness import check
+    from train.checkpoint import new_model
+
+    half = to_half(new_model(tiny_model.config, seed=0))
+    spec = specs(half, 64, 48, 1, "float16")[graph]
+    export_onnx(module_for(half, graph, 1), spec, example_inputs(spec), tmp_path / f"{graph}.onnx")
+    report = check(tmp_path / f"{graph}.onnx", {s.name: s.shape for s in spec.inputs}, fp16=True)
+    assert report.ok, report.format()
+    assert report.ops.get("Attention", 0) > 0
+
+
+def test_readiness_catches_the_unfused_sd15_attention_score(tmp_path):
+    """DESIGN.md: at opset 18 one cond row's level-1 score tensor at 1024x768 has 8 x 12288 x 24576 elements."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.readiness import check
+
+    q = helper.make_tensor_value_info("q", TensorProto.FLOAT16, [1, 8, 12288, 40])
+    k = helper.make_tensor_value_info("kt", TensorProto.FLOAT16, [1, 8, 40, 24576])
+    out = helper.make_tensor_value_info("scores", TensorProto.FLOAT16, None)
+    node = helper.make_node("MatMul", ["q", "kt"], ["scores"], name="level1_cond_scores")
+    model = helper.make_model(
+        helper.make_graph([node], "g", [q, k], [out]), opset_imports=[helper.make_opsetid("", 18)]
+    )
+    onnx.save(model, tmp_path / "m.onnx")
+    report = check(tmp_path / "m.onnx")
+    assert not report.ok
+    big = [p for p in report.problems if p.kind == "tensor_too_large"]
+    assert big and big[0].node == "level1_cond_scores" and "2415919104" in big[0].detail.replace(",", "")
