@@ -26,6 +26,8 @@ GRAPHS = ("image_encoder", "vae_encoder", "garmnet", "denoiser", "vae_decoder")
 
 
 class OnnxRuntimeBackend:
+    reentrant = True  # InferenceSession.run is thread-safe and IO bindings are per call
+
     def __init__(self, name: str, sessions: dict, dtypes: dict, device_id: int | None, ort):
         self.name = name
         self._sessions = sessions

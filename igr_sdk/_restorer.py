@@ -10,8 +10,10 @@ Stages of one request (DESIGN.md section 4):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,12 +53,15 @@ def _listify(x, n: int, what: str) -> list:
 class Restorer:
     """Restores in-shop garment images from person photos with exported IGR engines.
 
-    Thread-safe for ONNX Runtime: a call keeps all its state in locals.
+    Thread-safe: a call keeps all its state in locals; with a backend whose engines bind fixed device
+    buffers (TensorRT), concurrent calls are served one engine batch at a time.
     """
 
     def __init__(self, manifest: Manifest, backend: Backend, constants: dict[str, np.ndarray]):
         self.manifest = manifest
         self.backend = backend
+        # a backend that binds fixed device buffers (TensorRT) serves one request at a time
+        self._serial = contextlib.nullcontext() if getattr(backend, "reentrant", False) else threading.Lock()
         self._prompt_embeds = constants["prompt_embeds"]  # (3, 77, C)
         self._uncond_ip = constants["uncond_ip_tokens"]  # (1, T_ip, C)
         sched = manifest.raw["scheduler"]
@@ -140,17 +145,18 @@ class Restorer:
         for start in range(0, n, b):
             chunk = list(range(start, min(start + b, n)))
             pad = chunk + [chunk[-1]] * (b - len(chunk))  # engines have a static batch: repeat the last
-            out = self._restore_batch(
-                [prepared[i] for i in pad],
-                [cats[i] for i in pad],
-                [seeds[i] for i in pad],
-                timesteps,
-                float(guidance_scale),
-                timings,
-                progress,
-                start // b * len(timesteps),
-                total_steps,
-            )
+            with self._serial:
+                out = self._restore_batch(
+                    [prepared[i] for i in pad],
+                    [cats[i] for i in pad],
+                    [seeds[i] for i in pad],
+                    timesteps,
+                    float(guidance_scale),
+                    timings,
+                    progress,
+                    start // b * len(timesteps),
+                    total_steps,
+                )
             images.extend(out[: len(chunk)])
         timings["total"] = time.perf_counter() - t_start
         return RestoreResult(tuple(images), timings, tuple(int(s) for s in seeds))

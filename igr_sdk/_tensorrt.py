@@ -489,20 +489,21 @@ class TensorRTBackend:
                 "host with an NVIDIA driver"
             ) from None
         cuda = _Cuda(load_cudart())
-        index = parse_device(device)
-        count = cuda.device_count()
-        if index >= count:
-            raise EngineError(f"CUDA device {index} requested; this machine has {count} GPU(s) (0..{count - 1})")
-        cuda.call("cudaSetDevice", index)
-        gpu, major, minor = cuda.device_info(index)
-        sm = sm_name(major, minor)
-        engine_id = choose_engine_id(manifest.engine_ids(), sm, gpu)
-        entries = {g: manifest.engine(g, engine_id) for g in GRAPHS}
-        plan = binding_plan(entries)  # before any GPU memory is spent on a manifest that cannot work
-
-        runtime = trt.Runtime(_trt_logger(trt))
-        engines, contexts = {}, {}
+        engine_id, gpu = "a TensorRT engine", "this GPU"
+        engines: dict[str, Any] = {}
+        contexts: dict[str, Any] = {}
         try:
+            index = parse_device(device)
+            count = cuda.device_count()
+            if index >= count:
+                raise EngineError(f"CUDA device {index} requested; this machine has {count} GPU(s) (0..{count - 1})")
+            cuda.call("cudaSetDevice", index)
+            gpu, major, minor = cuda.device_info(index)
+            sm = sm_name(major, minor)
+            engine_id = choose_engine_id(manifest.engine_ids(), sm, gpu)
+            entries = {g: manifest.engine(g, engine_id) for g in GRAPHS}
+            plan = binding_plan(entries)  # before any GPU memory is spent on a manifest that cannot work
+            runtime = trt.Runtime(_trt_logger(trt))
             for g, entry in entries.items():
                 built_on = entry.raw.get("sm")
                 if built_on is not None and built_on != sm:
@@ -539,7 +540,8 @@ class TensorRTBackend:
             )
         except EngineError:
             raise
-        except Exception as e:  # a TensorRT or cuda-python API this code was not written against
+        except Exception as e:  # a TensorRT or cuda-python API this code was not written against:
+            # still an EngineError, so that backend="auto" falls back to ONNX Runtime
             raise EngineError(f"TensorRT backend could not open {engine_id} on {gpu}: {type(e).__name__}: {e}") from e
         finally:
             contexts.clear()  # on failure: contexts go before the engines they came from
