@@ -103,9 +103,10 @@ def session(path: Path, providers: list[str], optimized_out: Path | None = None,
         so.add_session_config_entry(
             "session.optimized_model_external_initializers_file_name", optimized_out.name + ".data"
         )
+        # past protobuf's 2 GiB every weight goes to the side file; below it the model stays one file
         so.add_session_config_entry(
             "session.optimized_model_external_initializers_min_size_in_bytes",
-            str(EXTERNAL_DATA_BYTES if _size(path) > EXTERNAL_DATA_BYTES else 2**62),
+            "1024" if _size(path) > EXTERNAL_DATA_BYTES else str(2**62),
         )
     return ort.InferenceSession(str(path), sess_options=so, providers=providers)
 
