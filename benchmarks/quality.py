@@ -1,0 +1,331 @@
+"""Restoration quality of IGR checkpoints and baselines on a held-out paired split (IGR, Table 1).
+
+Usage::
+
+    python train/synthetic.py --out data/heldout --count 300 --seed 90001 --size 256x192
+    python benchmarks/quality.py --data data/heldout --split test --models igr=runs/ckpt \\
+        --baselines --steps 25 --guidance 1.5 --limit 100 --out out/quality
+
+For every pair, each *system* (a callable Sample -> PIL image) produces a garment image of the
+evaluation size (H, W); the ground-truth garment is brought to that size with the same
+``fit`` (resize keeping proportions, pad white) the model's input gets, and the two are compared
+with SSIM and PSNR, plus LPIPS / DISTS when ``--lpips`` / ``--dists`` name local weights.
+Systems:
+
+* ``NAME=CKPT``: the torch reference pipeline of an IGR checkpoint (``--steps`` DDIM steps,
+  ``--guidance``), evaluated at the checkpoint's resolution, sampling seed = the pair's index in
+  the split, so reruns and other models see the same noise for the same pair.
+* ``segment-and-paste`` (``--baselines``): ``benchmarks.baselines.segment_and_paste``.
+
+Output: ``PREFIX.md`` (one table: mean ± std per metric, per system, over all pairs and per
+category, with the SSIM convention in its caption) and ``PREFIX.json`` (the same plus every
+pair's scores). The standard deviation is over pairs (ddof 0). PSNR is ``inf`` for an exact
+output; a mean over pairs containing one is ``inf`` and ``n_inf`` counts them. Non-finite numbers
+are written to JSON as the strings "inf", "-inf" and "nan", so the file stays standard JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# Run as a script (python benchmarks/quality.py): make the repository's packages importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.baselines import segment_and_paste
+from benchmarks.metrics import DISTS, LPIPS, PSNR_CONVENTION, SSIM_CONVENTION, as_image, psnr, ssim
+from igr_sdk._preprocess import fit
+from train.datasets import CATEGORIES, Sample, open_dataset
+
+log = logging.getLogger(__name__)
+
+System = Callable[[Sample], Image.Image]
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+BASELINE = "segment-and-paste"
+DEFAULT_METRICS: dict[str, Metric] = {"ssim": ssim, "psnr": psnr}
+HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "lpips": False, "dists": False}
+LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "lpips": "LPIPS", "dists": "DISTS"}
+DIGITS = {"psnr": 2}  # others: 4
+
+
+# --------------------------------------------------------------------------------------------
+# systems
+
+
+def fitted_ground_truth(sample: Sample, size: Sequence[int]) -> np.ndarray:
+    """The flat garment resized keeping proportions and padded white to (H, W), as the model sees images."""
+    h, w = size
+    garment = as_image(sample.garment, f"garment of {sample.name}")
+    out, _ = fit(garment, np.ones(garment.shape[:2], dtype=bool), h, w)
+    return out
+
+
+def baseline_system(size: Sequence[int]) -> System:
+    h, w = size
+    return lambda s: Image.fromarray(segment_and_paste(s.person, s.mask, (h, w)))
+
+
+def model_system(
+    checkpoint: str | Path, steps: int, guidance: float, seed_of: Callable[[Sample], int]
+) -> tuple[System, tuple[int, int]]:
+    """A checkpoint's reference pipeline as a system, and the (H, W) it produces."""
+    from train.checkpoint import load_checkpoint  # torch and diffusers only when a model is evaluated
+    from train.pipeline import ReferencePipeline
+
+    pipe = ReferencePipeline(load_checkpoint(checkpoint))
+
+    def restore(s: Sample) -> Image.Image:
+        result = pipe.restore(s.person, s.mask, s.category, steps=steps, guidance_scale=guidance, seed=seed_of(s))
+        return result.images[0]
+
+    return restore, (pipe.config.height, pipe.config.width)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    if finite.all():
+        std = float(v.std())
+    else:  # all-inf (an exact system) has no spread; a mix of inf and finite has no meaningful one
+        std = 0.0 if (v == v[0]).all() else math.nan
+    return {"mean": float(v.mean()), "std": std, "n": int(v.size), "n_inf": int(np.isinf(v).sum())}
+
+
+def evaluate(
+    systems: Mapping[str, System],
+    dataset: Sequence[Sample],
+    size: Sequence[int],
+    metrics: Mapping[str, Metric] | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Score every system on the first ``limit`` pairs (all by default) at ``size`` = (H, W).
+
+    Returns ``{"size", "pairs", "metrics", "conventions", "summary", "seconds_per_pair", "per_pair"}``
+    where ``summary[system][category][metric]`` is ``{"mean", "std", "n", "n_inf"}`` and category
+    is "all" or one of the data set's categories.
+    """
+    h, w = (int(v) for v in size)
+    metrics = dict(DEFAULT_METRICS if metrics is None else metrics)
+    if not systems:
+        raise ValueError("no systems to evaluate")
+    if not metrics:
+        raise ValueError("no metrics to compute")
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    if n < 1:
+        raise ValueError(f"nothing to evaluate: the data set has {len(dataset)} pairs and limit is {limit}")
+    per_pair: list[dict[str, Any]] = []
+    seconds = {name: 0.0 for name in systems}
+    for i in range(n):
+        sample = dataset[i]
+        gt = fitted_ground_truth(sample, (h, w))
+        scores: dict[str, dict[str, float]] = {}
+        for name, system in systems.items():
+            t0 = time.perf_counter()
+            out = as_image(system(sample), f"output of {name!r} for {sample.name}")
+            seconds[name] += time.perf_counter() - t0
+            if out.shape != gt.shape:
+                raise ValueError(
+                    f"system {name!r} returned {out.shape[1]}x{out.shape[0]} for {sample.name}; "
+                    f"the evaluation size is {w}x{h} (W x H)"
+                )
+            scores[name] = {m: float(fn(out, gt)) for m, fn in metrics.items()}
+        per_pair.append({"index": i, "name": sample.name, "category": sample.category, "scores": scores})
+        log.info(
+            "pair %d/%d %s: %s",
+            i + 1,
+            n,
+            sample.name,
+            "; ".join(f"{s} " + " ".join(f"{m}={v:.4g}" for m, v in sc.items()) for s, sc in scores.items()),
+        )
+
+    present = [c for c in CATEGORIES if any(p["category"] == c for p in per_pair)]
+    present += sorted({p["category"] for p in per_pair} - set(present))
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in systems:
+        summary[name] = {}
+        for cat in ["all", *present]:
+            rows = [p for p in per_pair if cat == "all" or p["category"] == cat]
+            summary[name][cat] = {m: _stats([p["scores"][name][m] for p in rows]) for m in metrics}
+    return {
+        "size": [h, w],
+        "pairs": n,
+        "metrics": list(metrics),
+        "conventions": {"ssim": SSIM_CONVENTION, "psnr": PSNR_CONVENTION},
+        "summary": summary,
+        "seconds_per_pair": {name: s / n for name, s in seconds.items()},
+        "per_pair": per_pair,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# reports
+
+
+def _fmt(x: float, digits: int) -> str:
+    if math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.{digits}f}"
+
+
+def markdown(result: Mapping[str, Any], title: str = "Garment restoration quality") -> str:
+    h, w = result["size"]
+    metrics = result["metrics"]
+    caption = (
+        f"**{title}.** {result['pairs']} pairs at {h}x{w} (H x W), ground truth fitted to that size; "
+        f"mean ± std over pairs. {SSIM_CONVENTION}. {PSNR_CONVENTION}."
+    )
+    if "lpips" in metrics:
+        caption += " LPIPS: v0.1, VGG16, inputs in [-1, 1]."
+    if "dists" in metrics:
+        caption += " DISTS: official model, no resize."
+    header = ["System", "Category", "n"] + [
+        f"{LABELS.get(m, m)} {'↑' if HIGHER_IS_BETTER.get(m, True) else '↓'}" for m in metrics
+    ]
+    lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, by_cat in result["summary"].items():
+        for cat, stats in by_cat.items():
+            cells = [name, cat, str(next(iter(stats.values()))["n"])]
+            for m in metrics:
+                d = DIGITS.get(m, 4)
+                s = stats[m]
+                cell = f"{_fmt(s['mean'], d)} ± {_fmt(s['std'], d)}"
+                if s["n_inf"]:
+                    cell += f" ({s['n_inf']}/{s['n']} exact)"
+                cells.append(cell)
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def write_report(result: Mapping[str, Any], prefix: str | Path, title: str = "Garment restoration quality") -> Path:
+    """Write PREFIX.md and PREFIX.json; returns the Markdown path."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    md = prefix.with_name(prefix.name + ".md")
+    md.write_text(markdown(result, title))
+    prefix.with_name(prefix.name + ".json").write_text(
+        json.dumps(_json_safe(dict(result)), indent=2, allow_nan=False) + "\n"
+    )
+    return md
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must look like 256x192 (H x W), got {text!r}") from None
+    if h < 11 or w < 11:
+        raise argparse.ArgumentTypeError(f"--size {text!r} is too small for SSIM's 11x11 window")
+    return h, w
+
+
+def _parse_model(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"--models entries must look like NAME=CHECKPOINT_DIR, got {text!r}")
+    return name.strip(), Path(path.strip())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, type=Path, help="VITON-HD-layout folder (e.g. from train/synthetic.py)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--models", nargs="+", type=_parse_model, default=[], metavar="NAME=CKPT")
+    p.add_argument("--baselines", action="store_true", help=f"add the {BASELINE} baseline")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=1.5)
+    p.add_argument("--limit", type=int, help="evaluate only the first N pairs")
+    p.add_argument("--size", type=_parse_size, help="H x W when there is no model (default 256x192)")
+    p.add_argument("--out", type=Path, default=Path("out/quality"), help="report prefix: PREFIX.md and PREFIX.json")
+    p.add_argument("--lpips", nargs="+", type=Path, metavar="PATH", help="LPIPS weights: VGG16 + LPIPS vgg.pth")
+    p.add_argument("--dists", nargs="+", type=Path, metavar="PATH", help="DISTS weights: VGG16 + DISTS weights.pt")
+    a = p.parse_args(argv)
+    if not a.models and not a.baselines:
+        p.error("nothing to evaluate: give --models NAME=CKPT and/or --baselines")
+    names = [n for n, _ in a.models]
+    dup = sorted({n for n in names if names.count(n) > 1} | ({BASELINE} & set(names) if a.baselines else set()))
+    if dup:
+        p.error(f"system names must be unique, repeated: {dup}")
+    if a.steps < 1:
+        p.error(f"--steps must be >= 1, got {a.steps}")
+    if a.limit is not None and a.limit < 1:
+        p.error(f"--limit must be >= 1, got {a.limit}")
+    return a
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    dataset = open_dataset(a.data, a.split)
+    if dataset.problems:
+        log.warning("%d pairs of %s were left out; see the warnings above", dataset.problem_count, a.data)
+
+    metrics: dict[str, Metric] = dict(DEFAULT_METRICS)
+    if a.lpips:
+        metrics["lpips"] = LPIPS(a.lpips)
+    if a.dists:
+        metrics["dists"] = DISTS(a.dists)
+
+    systems: dict[str, System] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for name, ckpt in a.models:
+        systems[name], sizes[name] = model_system(ckpt, a.steps, a.guidance, lambda s: dataset.index_of(s.name))
+    if len(set(sizes.values())) > 1:
+        raise SystemExit(f"models have different resolutions {sizes}; evaluate them in separate runs")
+    size = next(iter(sizes.values()), a.size or (256, 192))
+    if a.size and a.size != size:
+        raise SystemExit(f"--size {a.size} differs from the models' resolution {size}; leave --size out")
+    if a.baselines:
+        systems[BASELINE] = baseline_system(size)
+
+    result = evaluate(systems, dataset, size, metrics, a.limit)
+    result["run"] = {
+        "data": str(a.data),
+        "split": a.split,
+        "pairs_in_split": len(dataset),
+        "pairs_left_out": dataset.problem_count,
+        "models": {n: str(c) for n, c in a.models},
+        "steps": a.steps,
+        "guidance": a.guidance,
+        "seed": "pair index",
+        "lpips_weights": [str(p) for p in a.lpips or []],
+        "dists_weights": [str(p) for p in a.dists or []],
+    }
+    md = write_report(result, a.out, f"Garment restoration quality, {a.data} ({a.split})")
+    print(md.read_text())
+    print(f"wrote {md} and {md.with_suffix('.json')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
