@@ -115,3 +115,21 @@ def test_pipeline_rejects_bad_images(tiny_model, person_and_mask, tmp_path):
         pipe.restore(tmp_path / "missing.png", mask, steps=1)
     with pytest.raises(InputError, match="mask of 90x90 pixels cannot be matched to a person image of 90x120"):
         pipe.restore(person, np.ones((90, 90), bool), steps=1)
+
+
+def test_without_garmnet_the_reference_is_empty_and_ip_tokens_still_count(tiny_model):
+    import dataclasses
+
+    from train.model import IGRModel
+
+    ablated = IGRModel(dataclasses.replace(tiny_model.config, use_garmnet=False)).eval()
+    ablated.load_state_dict(tiny_model.state_dict())
+    person_latent, mask, text, crops, sample = _inputs(ablated)
+    feats = ablated.garmnet_features(person_latent, mask, text)
+    assert [f.shape[1] for f in feats] == [0, 0, 0, 0]
+    a = _noise_pred(ablated, person_latent, mask, text, crops, sample, "cached")
+    b = _noise_pred(ablated, person_latent * 2, 1 - mask, text, crops, sample, "cached")
+    assert torch.equal(a, b)  # the person latent no longer matters ...
+    c = _noise_pred(ablated, person_latent, mask, text, crops * -1, sample, "cached")
+    assert (a[2:] - c[2:]).abs().max() > 1e-4  # ... the garment crop still does, through the IP tokens
+    assert (_noise_pred(ablated, person_latent, mask, text, crops, sample, "naive") - a).abs().max() <= 1e-5

@@ -140,6 +140,9 @@ class IGRConfig:
     width: int = 768
     unet: UNetConfig = field(default_factory=UNetConfig)
     garmnet_in_channels: int = 5  # person latent (4) + garment mask on the latent grid (1)
+    # False is the paper's "w/o GarmNet" ablation: conditional rows get IP-Adapter tokens but no
+    # reference tokens (a zero-length reference), so the denoiser's self-attention sees its own tokens.
+    use_garmnet: bool = True
     vae: VAEConfig = field(default_factory=VAEConfig)
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     ip_tokens: int = 4

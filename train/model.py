@@ -117,6 +117,9 @@ class IGRModel(nn.Module):
         self, person_latent: torch.Tensor, mask: torch.Tensor, text_embeds: torch.Tensor
     ) -> list[torch.Tensor]:
         """GarmNet at t = 0 -> the norm1 output R_i of every transformer block, (B, N_i, C_i)."""
+        if not self.config.use_garmnet:  # ablation: an empty reference for every block
+            b = person_latent.shape[0]
+            return [person_latent.new_zeros(b, 0, a.to_k.in_features) for a in self.self_attentions]
         x = torch.cat([person_latent, mask], dim=1)  # (B, 5, h, w)
         t = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         ctx = FusionContext(mode="record")
