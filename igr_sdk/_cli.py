@@ -18,8 +18,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Restore the in-shop image of the garment each person wears.",
         epilog="Example: igr-restore person.jpg --mask mask.png --category upper --engines engines/ --out garment.png",
     )
-    ap.add_argument("persons", nargs="+", type=Path, help="person photo(s)")
-    ap.add_argument("--mask", nargs="+", type=Path, required=True, help="garment mask(s), one per person")
+    ap.add_argument("persons", nargs="*", type=Path, help="person photo(s)")
+    ap.add_argument("--mask", nargs="+", type=Path, default=[], help="garment mask(s), one per person")
+    ap.add_argument(
+        "--examples",
+        action="store_true",
+        help="restore the examples bundled with the model; --out is a folder that also gets "
+        "sheet.png (person | restored | ground truth)",
+    )
     ap.add_argument("--category", nargs="+", default=["upper"], help="upper, lower or full; one, or one per person")
     ap.add_argument("--engines", type=Path, help="engine directory (default: the bundled model)")
     ap.add_argument(
@@ -64,11 +70,74 @@ def _bar(quiet: bool):
     return show
 
 
+def _examples(args, restorer_cls) -> int:
+    """Restore the examples shipped beside the engines and write a side-by-side sheet."""
+    import json
+
+    from PIL import Image
+
+    from igr_sdk._default import default_engine_dir
+
+    engines = args.engines or default_engine_dir()
+    listing = engines / "examples" / "examples.json"
+    if not listing.is_file():
+        raise InputError(f"{str(engines)!r} has no bundled examples (expected {listing})")
+    examples = json.loads(listing.read_text())
+    restorer = restorer_cls.from_dir(engines, backend=args.backend, device=args.device)
+    folder = listing.parent
+    result = restorer.restore(
+        [str(folder / e["person"]) for e in examples],
+        [str(folder / e["mask"]) for e in examples],
+        [e["category"] for e in examples],
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        progress=_bar(args.quiet),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for e, img in zip(examples, result.images):
+        img.save(args.out / f"{e['name']}.png")
+        row = [Image.open(folder / e["person"]), img]
+        if e.get("ground_truth"):
+            row.append(Image.open(folder / e["ground_truth"]))
+        rows.append(row)
+    sheet(rows, img.height).save(args.out / "sheet.png")
+    if not args.quiet:
+        print(
+            f"wrote {len(examples)} garments and sheet.png (person | restored | ground truth) to {args.out} "
+            f"in {result.timings['total']:.2f} s ({restorer.backend.name})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def sheet(rows, height: int):
+    """Rows of images side by side, each scaled to ``height``, on white."""
+    from PIL import Image
+
+    scaled = [
+        [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height)) for im in r] for r in rows
+    ]
+    width = max(sum(im.width for im in r) for r in scaled)
+    out = Image.new("RGB", (width, height * len(scaled)), "white")
+    for y, r in enumerate(scaled):
+        x = 0
+        for im in r:
+            out.paste(im, (x, y * height))
+            x += im.width
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from igr_sdk._restorer import Restorer
 
     try:
+        if args.examples:
+            return _examples(args, Restorer)
+        if not args.persons:
+            raise InputError("no person image given (or pass --examples)")
         if len(args.mask) != len(args.persons):
             raise InputError(f"got {len(args.persons)} persons but {len(args.mask)} masks; give one mask per person")
         if len(args.category) not in (1, len(args.persons)):
