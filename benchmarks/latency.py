@@ -266,7 +266,8 @@ def sdk_system(setup: Setup) -> System:
     if setup.engines is None:
         raise Skipped("no --engines DIR given")
     try:
-        restorer = Restorer.from_dir(setup.engines, backend=setup.backend)
+        # the same intra-op thread count as torch, so the two are compared on equal cores
+        restorer = Restorer.from_dir(setup.engines, backend=setup.backend, threads=torch.get_num_threads())
     except Exception as e:  # a missing backend or a bad engine folder must not end the other measurements
         raise Skipped(f"Restorer.from_dir({str(setup.engines)!r}) failed: {e}") from None
     many = setup.batch > 1

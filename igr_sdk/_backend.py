@@ -55,7 +55,9 @@ def describe_mismatch(entry: EngineEntry, reported: list[TensorInfo], kind: str)
     return f"{entry.path.name} {kind} disagree with manifest.json:\n" + "\n".join(lines)
 
 
-def open_backend(manifest: Manifest, backend: str = "auto", device: str | int | None = None) -> Backend:
+def open_backend(
+    manifest: Manifest, backend: str = "auto", device: str | int | None = None, threads: int | None = None
+) -> Backend:
     if backend not in ("auto", "onnxruntime", "tensorrt"):
         raise EngineError(f"unknown backend {backend!r}; expected 'auto', 'onnxruntime' or 'tensorrt'")
     ids = manifest.engine_ids()
@@ -73,4 +75,4 @@ def open_backend(manifest: Manifest, backend: str = "auto", device: str | int | 
                 raise
     from igr_sdk._onnxruntime import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend.open(manifest, device if backend != "auto" or device is not None else None)
+    return OnnxRuntimeBackend.open(manifest, device, threads)

@@ -74,12 +74,17 @@ class Restorer:
 
     @classmethod
     def from_dir(
-        cls, engine_dir: str | Path | None = None, backend: str = "auto", device: str | int | None = None
+        cls,
+        engine_dir: str | Path | None = None,
+        backend: str = "auto",
+        device: str | int | None = None,
+        threads: int | None = None,
     ) -> Restorer:
         """Open an engine directory written by ``export/build_engines.py``.
 
         backend: "auto" (TensorRT when its plans match this GPU, else ONNX Runtime), "onnxruntime"
         or "tensorrt". device: "cpu", "cuda" or "cuda:N" for ONNX Runtime, a GPU index for TensorRT.
+        threads: ONNX Runtime's intra-op threads (default: one per physical core).
         """
         if engine_dir is None:
             from igr_sdk._default import default_engine_dir
@@ -91,7 +96,7 @@ class Restorer:
         check_file(path, c["sha256"])
         with np.load(path, allow_pickle=False) as z:
             constants = {k: z[k] for k in ("prompt_embeds", "uncond_ip_tokens")}
-        return cls(manifest, open_backend(manifest, backend, device), constants)
+        return cls(manifest, open_backend(manifest, backend, device, threads), constants)
 
     # --- public API -----------------------------------------------------------------------------
     def restore(
