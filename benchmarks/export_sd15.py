@@ -26,8 +26,9 @@ def _peak_gb() -> float:
 
 
 def _sizes(root: Path) -> dict[str, float]:
-    return {p.relative_to(root).as_posix(): round(p.stat().st_size / 1e9, 3) for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): round(p.stat().st_size / 1e9, 3) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,13 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     save_checkpoint(new_model(preset("sd15"), seed=0), ck)
     gc.collect()
-    report["checkpoint"] = {"seconds": round(time.perf_counter() - t, 1), "files_gb": _sizes(ck),
-                            "peak_rss_gb": round(_peak_gb(), 2)}
+    report["checkpoint"] = {
+        "seconds": round(time.perf_counter() - t, 1),
+        "files_gb": _sizes(ck),
+        "peak_rss_gb": round(_peak_gb(), 2),
+    }
 
     t = time.perf_counter()
     build(BuildOptions(checkpoint=ck, out=eng, verify=False))
-    report["onnxruntime_fp32_build"] = {"seconds": round(time.perf_counter() - t, 1), "files_gb": _sizes(eng),
-                                        "peak_rss_gb": round(_peak_gb(), 2)}
+    report["onnxruntime_fp32_build"] = {
+        "seconds": round(time.perf_counter() - t, 1),
+        "files_gb": _sizes(eng),
+        "peak_rss_gb": round(_peak_gb(), 2),
+    }
     gc.collect()
 
     half = to_half(load_checkpoint(ck))
@@ -76,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = round(time.perf_counter() - t, 1)
         r = check(path, {s.name: s.shape for s in spec.inputs}, fp16=True)
         report["fp16_readiness"][g] = {
-            "export_seconds": seconds, "ok": r.ok, "problems": [f"{p.kind}: {p.node} ({p.op}) {p.detail}"
-                                                                for p in r.problems][:10],
+            "export_seconds": seconds,
+            "ok": r.ok,
+            "problems": [f"{p.kind}: {p.node} ({p.op}) {p.detail}" for p in r.problems][:10],
             "attention_nodes": r.ops.get("Attention", 0),
             "largest_tensor": [list(x) if isinstance(x, tuple) else x for x in r.largest[0]] if r.largest else None,
             "files_gb": {k: v for k, v in _sizes(fp16).items() if k.startswith(g + ".")},

@@ -59,8 +59,12 @@ def _timer(device):
 
 
 def _stats(times: list[float]) -> dict:
-    return {"median_ms": round(statistics.median(times) * 1000, 3), "min_ms": round(min(times) * 1000, 3),
-            "max_ms": round(max(times) * 1000, 3), "n": len(times)}
+    return {
+        "median_ms": round(statistics.median(times) * 1000, 3),
+        "min_ms": round(min(times) * 1000, 3),
+        "max_ms": round(max(times) * 1000, 3),
+        "n": len(times),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     config = preset("tiny" if args.reduced else "sd15")
     repeats, warmup = (2, 1) if args.reduced else (args.repeats, args.warmup)
     result: dict = {
-        "preset": config.name, "resolution": [config.height, config.width], "batch": 1, "dtype": str(dtype),
+        "preset": config.name,
+        "resolution": [config.height, config.width],
+        "batch": 1,
+        "dtype": str(dtype),
         "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
-        "torch": torch.__version__, "sdpa": True,
+        "torch": torch.__version__,
+        "sdpa": True,
     }
     timer = _timer(device)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -128,15 +136,23 @@ def main(argv: list[str] | None = None) -> int:
             return model.reference_kv(model.garmnet_features(person_latent, mask, text))
 
         image = rnd(1, 3, config.height, config.width).clamp(-1, 1)
-        stages = {"denoiser_step_cached": cached, "denoiser_step_naive": naive,
-                  "denoiser_step_per_step_garmnet": per_step, "garmnet_and_ref_kv": garmnet,
-                  "vae_encode": lambda: model.vae_encode(image), "vae_decode": lambda: model.vae_decode(latents),
-                  "image_encoder": lambda: model.ip_tokens(crop)}
+        stages = {
+            "denoiser_step_cached": cached,
+            "denoiser_step_naive": naive,
+            "denoiser_step_per_step_garmnet": per_step,
+            "garmnet_and_ref_kv": garmnet,
+            "vae_encode": lambda: model.vae_encode(image),
+            "vae_decode": lambda: model.vae_decode(latents),
+            "image_encoder": lambda: model.ip_tokens(crop),
+        }
         result["timings"] = {k: _stats(timer(fn, repeats, warmup)) for k, fn in stages.items()}
 
         a, b = cached().float(), naive().float()
-        result["naive_vs_cached"] = {"max_abs_diff": float((a - b).abs().max()),
-                                     "max_abs_value": float(a.abs().max()), "dtype": str(dtype)}
+        result["naive_vs_cached"] = {
+            "max_abs_diff": float((a - b).abs().max()),
+            "max_abs_value": float(a.abs().max()),
+            "dtype": str(dtype),
+        }
 
     if cuda and not args.no_compile:
         try:

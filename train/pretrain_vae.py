@@ -2,8 +2,11 @@
 
 SD1.5 has a pretrained VAE; the small presets have none, and IGR keeps its VAE frozen, so it is
 trained first, alone, as an autoencoder of the images IGR will see (person photos in and flat
-garments out): L1 + MSE reconstruction of a posterior sample plus a small KL term (weight 1e-6,
-as latent-diffusion autoencoders use), AdamW. The result is written as an IGR checkpoint whose
+garments out): L1 + MSE + chroma-L1 reconstruction of the posterior mean (IGR encodes with the mean; decoding
+samples early on buries the colours under the posterior's unit noise) plus a small KL term (weight
+1e-6, as latent-diffusion autoencoders use), AdamW. Afterwards the latent scaling factor is set to
+1 / std of the latents, as Stable Diffusion's 0.18215 was, so the diffusion noise schedule sees
+unit-variance latents. The result is written as an IGR checkpoint whose
 other parts are freshly initialised, ready for ``train/train.py --init``.
 
     python train/pretrain_vae.py --preset small --steps 600 --out runs/vae-small
@@ -12,6 +15,7 @@ other parts are freshly initialised, ready for ``train/train.py --init``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -29,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from igr_sdk._preprocess import fit
-from train.checkpoint import new_model, save_checkpoint
+from train.checkpoint import load_checkpoint, new_model, save_checkpoint
 from train.config import preset
 from train.synthetic import make_pair, pair_seed
 
@@ -59,29 +63,60 @@ def batches(seed: int, size: tuple[int, int], batch: int, crop: tuple[int, int] 
         yield x
 
 
-def train_vae(model, steps: int, batch: int, lr: float, seed: int, crop: tuple[int, int] | None = None,
-              kl_weight: float = 1e-6, log_every: int = 50):
+def chroma(x: torch.Tensor) -> torch.Tensor:
+    """Each pixel minus its grey level: the colour an image carries, (B, 3, H, W)."""
+    return x - x.mean(dim=1, keepdim=True)
+
+
+def train_vae(
+    model,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    crop: tuple[int, int] | None = None,
+    kl_weight: float = 1e-6,
+    chroma_weight: float = 2.0,
+    log_every: int = 50,
+):
     vae = model.vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
     data = batches(seed, (model.config.height, model.config.width), batch, crop)
     history = []
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         x = next(data)
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
-        rec = vae.decode(z).sample
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * post.kl().mean()
+        rec = vae.decode(post.mean).sample
+        # without the chroma term a small VAE settles on grey reconstructions for thousands of steps:
+        # luminance explains most of an RGB loss, and garment identity is mostly colour
+        loss = (
+            F.l1_loss(rec, x)
+            + F.mse_loss(rec, x)
+            + chroma_weight * F.l1_loss(chroma(rec), chroma(x))
+            + kl_weight * post.kl().mean()
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         history.append(float(loss))
         if step % log_every == 0 or step == steps:
-            log.info("vae step %d/%d loss %.4f (%.2f steps/s)", step, steps, np.mean(history[-log_every:]),
-                     step / (time.perf_counter() - t0))
+            log.info(
+                "vae step %d/%d loss %.4f (%.2f steps/s)",
+                step,
+                steps,
+                np.mean(history[-log_every:]),
+                step / (time.perf_counter() - t0),
+            )
     vae.eval()
     return history
+
+
+@torch.no_grad()
+def latent_scale(model, seed: int, n: int = 64) -> float:
+    """1 / std of the VAE's latent means over ``n`` whole images: the config's scaling_factor."""
+    x = next(batches(seed + 1, (model.config.height, model.config.width), n))
+    return float(1.0 / model.vae.encode(x).latent_dist.mean.std())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,19 +124,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="small", choices=["tiny", "small"])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--crop", default="128x96", help="training crop HxW (default 128x96)")
     ap.add_argument("--seed", type=int, default=1000, help="synthetic data seed (keep it apart from test seeds)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--init", type=Path, help="continue from this checkpoint's VAE")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    model = new_model(preset(args.preset), seed=0)
+    model = load_checkpoint(args.init) if args.init else new_model(preset(args.preset), seed=0)
     t0 = time.perf_counter()
     crop = tuple(int(v) for v in args.crop.split("x"))
     history = train_vae(model, args.steps, args.batch, args.lr, args.seed, crop)
-    save_checkpoint(model, args.out, meta={"stage": "vae", "steps": args.steps, "batch": args.batch, "lr": args.lr,
-                                           "data_seed": args.seed, "loss_first": history[0], "loss_last": history[-1],
-                                           "seconds": round(time.perf_counter() - t0, 1)})
+    scale = latent_scale(model, args.seed)
+    c = model.config
+    model.config = dataclasses.replace(c, vae=dataclasses.replace(c.vae, scaling_factor=round(scale, 5)))
+    log.info("latent scaling factor %.5f", scale)
+    save_checkpoint(
+        model,
+        args.out,
+        meta={
+            "stage": "vae",
+            "steps": args.steps,
+            "batch": args.batch,
+            "lr": args.lr,
+            "data_seed": args.seed,
+            "loss_first": history[0],
+            "loss_last": history[-1],
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+    )
     log.info("wrote %s", args.out)
     return 0
 
