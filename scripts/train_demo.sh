@@ -10,17 +10,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${RUNS:-runs}
-COARSE=${COARSE:-2400}
-FINE=${FINE:-600}
+COARSE=${COARSE:-1800}
+FINE=${FINE:-450}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1
 COMMON=(--preset small --batch-size 4 --lr 2e-4 --warmup-steps 100 --train-image-encoder
-        --save-every 600 --val-every 600 --val-steps 10 -q)
+        --save-every 450 --val-every 450 --val-steps 10 -q)
 
 [ -f "$R/data/train/pairs.txt" ] || $PY train/synthetic.py --out "$R/data/train" --count 2400 --seed 1 --size 256x192
 [ -f "$R/data/test/pairs.txt" ] || $PY train/synthetic.py --out "$R/data/test" --count 90 --seed 424242 --size 256x192
 $PY train/curate.py --data "$R/data/train" --out "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt"
-[ -f "$R/vae-small/config.json" ] || $PY train/pretrain_vae.py --preset small --steps 800 --batch 8 --out "$R/vae-small"
+# 1500 steps without the chroma term (the published run's first phase), then 700 with it
+[ -f "$R/vae-small-a/config.json" ] || $PY train/pretrain_vae.py --preset small --steps 1500 --batch 8 \
+    --chroma-weight 0 --out "$R/vae-small-a"
+[ -f "$R/vae-small/config.json" ] || $PY train/pretrain_vae.py --preset small --init "$R/vae-small-a" --steps 700 \
+    --batch 8 --out "$R/vae-small"
 
 # the ablation's start: the same weights, with GarmNet switched off in the config
 rm -rf "$R/vae-small-nogarmnet" && cp -r "$R/vae-small" "$R/vae-small-nogarmnet"
@@ -38,7 +42,7 @@ $PY train/train.py "${COMMON[@]}" --data "$R/data/train" --init "$R/full-coarse/
     --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$FINE" --out "$R/full-fine" &
 $PY train/train.py "${COMMON[@]}" --data "$R/data/train" --init "$R/full-coarse/final" --stage coarse \
     --max-steps "$FINE" --out "$R/nohqft-coarse2" &
-wait
 $PY train/train.py "${COMMON[@]}" --data "$R/data/train" --init "$R/nogarmnet-coarse/final" --stage fine \
-    --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$FINE" --out "$R/nogarmnet-fine"
+    --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$FINE" --out "$R/nogarmnet-fine" &
+wait
 echo "models: $R/full-fine/final (demo), $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"

@@ -352,3 +352,16 @@ def test_shipped_launch_configs_parse():
     assert ds["zero_optimization"]["stage"] == 2
     # batch, accumulation and precision come from the run: DeepSpeed must not override them
     assert ds["train_micro_batch_size_per_gpu"] == ds["gradient_accumulation_steps"] == "auto"
+
+
+def test_without_garmnet_every_garmnet_weight_is_frozen(tiny_model):
+    import dataclasses
+
+    from train.model import IGRModel
+    from train.objective import set_trainable
+
+    ablated = IGRModel(dataclasses.replace(tiny_model.config, use_garmnet=False))
+    frozen = set_trainable(ablated)
+    assert len(frozen) == len(list(ablated.garmnet.parameters()))
+    assert not any(p.requires_grad for p in ablated.garmnet.parameters())
+    assert all(p.requires_grad for p in ablated.denoiser.parameters())

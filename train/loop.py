@@ -112,7 +112,9 @@ def check_init_config(path: Path, config: IGRConfig, preset_name: str) -> None:
     diff = []
     if preset_name != "sd15":
         expected = preset(preset_name)
-        diff = [k for k in ARCHITECTURE if getattr(config, k) != getattr(expected, k)]
+        # a pre-trained VAE brings its own latent scale: weights and shapes are what must match
+        vae = dataclasses.replace(config.vae, scaling_factor=expected.vae.scaling_factor)
+        diff = [k for k in ARCHITECTURE if (vae if k == "vae" else getattr(config, k)) != getattr(expected, k)]
     if config.name != preset_name or diff:
         what = f"preset {config.name!r}" + (f" (differs in {', '.join(diff)})" if diff else "")
         raise CheckpointError(

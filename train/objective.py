@@ -194,6 +194,8 @@ def unreachable_garmnet_parameters(model: IGRModel) -> list[str]:
     latent the UNet accepts.
     """
     c = model.config
+    if not c.use_garmnet:  # the ablation without GarmNet: none of it reaches the loss
+        return [n for n, _ in model.garmnet.named_parameters()]
     p = next(model.garmnet.parameters())
     side = c.unet.downsample_factor
     latent = p.new_zeros(1, 4, side, side)
