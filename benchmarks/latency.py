@@ -16,9 +16,7 @@ Stages (B requests at the config's resolution, synthetic person + rectangular ga
   end_to_end     ``ReferencePipeline.restore`` with ``--steps`` DDIM steps (it computes GarmNet and
                  the K/V cache once for every form, so naive/per_step_garmnet do a little extra).
 
-The reference pipeline is CPU / fp32 code (it builds its tensors with ``torch.from_numpy``). On
-another device or dtype the same calls are made through ``DeviceReference``, a device-aware copy
-of ``conditions``/``step_fn``/``restore`` that only adds ``.to(device, dtype)``.
+The reference pipeline runs on the model's device and dtype (``--device``, ``--dtype``).
 
 Times are medians over ``--repeats`` runs after ``--warmup`` runs, with min/max and the
 interquartile range; the runs of all systems are interleaved, so load changes hit them alike.
@@ -55,7 +53,7 @@ from benchmarks import flops as fl
 from train.checkpoint import load_checkpoint, new_model, read_config
 from train.config import IGRConfig, preset
 from train.model import FORMS, IGRModel
-from train.pipeline import Conditions, ReferencePipeline, initial_noise
+from train.pipeline import Conditions, ReferencePipeline
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STAGES = ("preprocess", "image_encoder", "vae_encoder", "garmnet", "denoiser_step", "vae_decoder")
@@ -92,76 +90,6 @@ def random_conditions(
         mask=(torch.rand(batch, 1, h, w, generator=g) > 0.5).to(device, dtype),
         text_cond=text,
     )
-
-
-# --- the reference on any device --------------------------------------------------------------------
-class DeviceReference:
-    """ReferencePipeline's ``conditions``/``step_fn``/``restore`` with tensors on ``device``/``dtype``.
-
-    On CPU fp32 it hands every call to the ReferencePipeline itself.
-    """
-
-    def __init__(self, model: IGRModel, device: torch.device, dtype: torch.dtype):
-        self.pipeline = ReferencePipeline(model)
-        self.model, self.device, self.dtype = model, device, dtype
-        self.native = device.type == "cpu" and dtype == torch.float32
-
-    def tensor(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(arrays)).to(self.device, self.dtype)
-
-    @torch.no_grad()
-    def conditions(self, prepared, categories: list[str]) -> Conditions:
-        if self.native:
-            return self.pipeline.conditions(prepared, categories)
-        m, b = self.model, len(prepared)
-        text = m.text_embeds(categories)
-        return Conditions(
-            text=torch.cat([text, text]),
-            ip=torch.cat([m.uncond_ip_tokens(b), m.ip_tokens(self.tensor([p.garment_crop for p in prepared]))]),
-            person_latent=m.vae_encode(self.tensor([p.person for p in prepared])),
-            mask=self.tensor([p.mask for p in prepared]),
-            text_cond=text,
-        )
-
-    def step_fn(self, cond: Conditions, form: str) -> Callable[[torch.Tensor, int], torch.Tensor]:
-        if self.native:
-            return self.pipeline.step_fn(cond, form)
-        m, b = self.model, cond.person_latent.shape[0]
-        with torch.no_grad():
-            feats = m.garmnet_features(cond.person_latent, cond.mask, cond.text_cond)
-            ref_k, ref_v = m.reference_kv(feats)
-
-        @torch.no_grad()
-        def call(latents: torch.Tensor, t: int) -> torch.Tensor:
-            sample = torch.cat([latents, latents]).to(self.dtype)  # (2B, 4, h, w)
-            ts = torch.full((2 * b,), t, dtype=torch.int64, device=self.device)
-            if form == "cached":
-                return m.denoise(sample, ts, cond.text, cond.ip, b, ref_k=ref_k, ref_v=ref_v)
-            step_feats = feats
-            if form == "per_step_garmnet":
-                step_feats = m.garmnet_features(cond.person_latent, cond.mask, cond.text_cond)
-            return m.denoise(sample, ts, cond.text, cond.ip, b, ref_feats=step_feats)
-
-        return call
-
-    @torch.no_grad()
-    def restore(self, persons, masks, categories, steps: int, guidance: float, seeds: list[int], form: str):
-        if self.native:
-            return self.pipeline.restore(persons, masks, categories, steps, guidance, seeds, form)
-        from diffusers import DDIMScheduler
-
-        cond = self.conditions(self.pipeline.prepare(persons, masks), categories)
-        step = self.step_fn(cond, form)
-        sched = DDIMScheduler(**self.model.config.scheduler.diffusers_kwargs())
-        sched.set_timesteps(steps)
-        h, w = self.model.config.latent_size
-        latents = torch.from_numpy(initial_noise(seeds, (4, h, w))).to(self.device)  # fp32 DDIM state
-        b = len(persons)
-        for t in sched.timesteps:
-            eps = step(latents, int(t)).float()
-            eps = eps[:b] + guidance * (eps[b:] - eps[:b])
-            latents = sched.step(eps, t, latents).prev_sample
-        return self.model.vae_decode(latents.to(self.dtype)).float().cpu()
 
 
 # --- systems -----------------------------------------------------------------------------------------
@@ -212,10 +140,10 @@ def register(name: str):
 
 def torch_system(setup: Setup, form: str) -> System:
     m = setup.model
-    ref = DeviceReference(m, setup.device, setup.dtype)
-    prepared = ref.pipeline.prepare(setup.persons, setup.masks)
-    crops = ref.tensor([p.garment_crop for p in prepared])  # (B, 3, 224, 224)
-    person = ref.tensor([p.person for p in prepared])  # (B, 3, H, W)
+    ref = ReferencePipeline(m)  # on the model's device and dtype
+    prepared = ref.prepare(setup.persons, setup.masks)
+    crops = ref._tensor([p.garment_crop for p in prepared])  # (B, 3, 224, 224)
+    person = ref._tensor([p.person for p in prepared])  # (B, 3, H, W)
     cond = ref.conditions(prepared, setup.categories)
     step = ref.step_fn(cond, form)
     h, w = setup.config.latent_size
@@ -229,7 +157,7 @@ def torch_system(setup: Setup, form: str) -> System:
         return m.reference_kv(feats) if form == "cached" else feats
 
     stages: dict[str, Callable[[], Any]] = {
-        "preprocess": lambda: ref.pipeline.prepare(setup.persons, setup.masks),
+        "preprocess": lambda: ref.prepare(setup.persons, setup.masks),
         "image_encoder": torch.no_grad()(lambda: m.ip_tokens(crops)),
         "vae_encoder": torch.no_grad()(lambda: m.vae_encode(person)),
         "garmnet": garmnet,
@@ -251,7 +179,7 @@ def torch_system(setup: Setup, form: str) -> System:
         "vae_decoder": g["vae_decoder"],
     }
     total = fl.combine(g, setup.steps, form)["total"]
-    return System(form, stages, e2e, stage_flops, total, note="torch ReferencePipeline" if ref.native else "torch")
+    return System(form, stages, e2e, stage_flops, total, note=f"torch ReferencePipeline ({ref.device}, {ref.dtype})")
 
 
 for _form in FORMS:

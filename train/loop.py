@@ -31,20 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from diffusers import DDIMScheduler
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
-from igr_sdk._preprocess import Prepared, to_image
+from igr_sdk._preprocess import to_image
 from train.checkpoint import CheckpointError, load_checkpoint, new_model, read_config, save_checkpoint
 from train.config import IGRConfig, preset
 from train.datasets import PairDataset
 from train.model import IGRModel
 from train.objective import DiffusionObjective, draw, micro_batch_seed, set_trainable, trainable_parameters
-from train.pipeline import initial_noise
+from train.pipeline import ReferencePipeline
 from train.traindata import Source, StreamBatchSampler, TrainSet, open_sources, prepare_sample, validation_pairs
 
 if TYPE_CHECKING:
@@ -232,38 +230,6 @@ def prune_checkpoints(out: Path, keep: int) -> None:
 # validation grid
 
 
-@torch.no_grad()
-def restore_for_validation(
-    model: IGRModel, prepared: list[Prepared], categories: list[str], steps: int, seed: int
-) -> np.ndarray:
-    """DDIM with CFG on the model's own device and dtype -> (B, 3, H, W) in [-1, 1].
-
-    The same math as ``ReferencePipeline.restore`` (which runs on the CPU only), with few steps.
-    """
-    c = model.config
-    p = model.denoiser.conv_in.weight
-    dev, dt = p.device, p.dtype
-    b = len(prepared)
-    text = model.text_embeds(categories).to(dt)
-    crops = torch.from_numpy(np.stack([q.garment_crop for q in prepared])).to(dev, dt)
-    person = torch.from_numpy(np.stack([q.person for q in prepared])).to(dev, dt)
-    mask = torch.from_numpy(np.stack([q.mask for q in prepared])).to(dev, dt)
-    ip = torch.cat([model.uncond_ip_tokens(b), model.ip_tokens(crops)]).to(dt)
-    ref_k, ref_v = model.reference_kv(model.garmnet_features(model.vae_encode(person), mask, text))
-    sched = DDIMScheduler(**c.scheduler.diffusers_kwargs())
-    sched.set_timesteps(steps)
-    h, w = c.latent_size
-    latents = torch.from_numpy(initial_noise([seed + i for i in range(b)], (4, h, w))).to(dev)
-    text2 = torch.cat([text, text])
-    for t in sched.timesteps:
-        ts = torch.full((2 * b,), int(t), dtype=torch.int64, device=dev)
-        eps = model.denoise(torch.cat([latents, latents]).to(dt), ts, text2, ip, b, ref_k=ref_k, ref_v=ref_v)
-        eps = eps.float()
-        eps = eps[:b] + c.guidance_scale * (eps[b:] - eps[:b])
-        latents = sched.step(eps, t, latents).prev_sample
-    return model.vae_decode(latents.to(dt)).float().cpu().numpy()
-
-
 def validation_grid(model: IGRModel, pairs: list[tuple[PairDataset, int]], steps: int, seed: int) -> Image.Image:
     """Rows of person | restored | ground truth at the model resolution."""
     c = model.config
@@ -272,7 +238,9 @@ def validation_grid(model: IGRModel, pairs: list[tuple[PairDataset, int]], steps
         s = ds[i]
         prep, target = prepare_sample(s, c, str(ds.root))
         items.append((s, prep, target))
-    restored = restore_for_validation(model, [p for _, p, _ in items], [s.category for s, _, _ in items], steps, seed)
+    prepared, cats = [p for _, p, _ in items], [s.category for s, _, _ in items]
+    seeds = [seed + i for i in range(len(items))]
+    restored, _ = ReferencePipeline(model).sample(prepared, cats, steps, model.config.guidance_scale, seeds)
     grid = Image.new("RGB", (3 * c.width, len(items) * c.height), "white")
     for row, ((_, prep, target), out) in enumerate(zip(items, restored)):
         for col, img in enumerate((prep.person, out, target)):

@@ -59,9 +59,17 @@ def _as_list(x, n: int | None = None) -> list:
 
 
 class ReferencePipeline:
+    """Runs on the model's own device and dtype; the DDIM state stays fp32. The model's train/eval
+    mode is left as it is (training draws validation grids mid-run)."""
+
     def __init__(self, model: IGRModel):
-        self.model = model.eval()
+        self.model = model
         self.config = model.config
+        p = model.denoiser.conv_in.weight
+        self.device, self.dtype = p.device, p.dtype
+
+    def _tensor(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(arrays)).to(self.device, self.dtype)
 
     # 1. inputs ---------------------------------------------------------------------------------
     def prepare(self, persons: list[ImageLike], masks: list[ImageLike]) -> list[Prepared]:
@@ -75,15 +83,14 @@ class ReferencePipeline:
     def conditions(self, prepared: list[Prepared], categories: list[str]) -> Conditions:
         m = self.model
         b = len(prepared)
-        text = m.text_embeds(categories)
-        crops = torch.from_numpy(np.stack([p.garment_crop for p in prepared]))  # (B, 3, 224, 224)
-        ip_cond = m.ip_tokens(crops)
-        person = torch.from_numpy(np.stack([p.person for p in prepared]))  # (B, 3, H, W)
+        text = m.text_embeds(categories).to(self.dtype)
+        ip_cond = m.ip_tokens(self._tensor([p.garment_crop for p in prepared]))  # from (B, 3, 224, 224)
+        person = self._tensor([p.person for p in prepared])  # (B, 3, H, W)
         return Conditions(
             text=torch.cat([text, text]),
-            ip=torch.cat([m.uncond_ip_tokens(b), ip_cond]),
+            ip=torch.cat([m.uncond_ip_tokens(b).to(self.dtype), ip_cond]),
             person_latent=m.vae_encode(person),
-            mask=torch.from_numpy(np.stack([p.mask for p in prepared])),
+            mask=self._tensor([p.mask for p in prepared]),
             text_cond=text,
         )
 
@@ -99,8 +106,8 @@ class ReferencePipeline:
         ref_k, ref_v = m.reference_kv(feats)
 
         def call(latents: torch.Tensor, t: int) -> torch.Tensor:
-            sample = torch.cat([latents, latents])  # (2B, 4, h, w)
-            ts = torch.full((2 * b,), t, dtype=torch.int64)
+            sample = torch.cat([latents, latents]).to(self.dtype)  # (2B, 4, h, w)
+            ts = torch.full((2 * b,), t, dtype=torch.int64, device=self.device)
             with torch.no_grad():
                 if form == "cached":
                     return m.denoise(sample, ts, cond.text, cond.ip, b, ref_k=ref_k, ref_v=ref_v)
@@ -137,16 +144,31 @@ class ReferencePipeline:
         if len(categories) != len(persons) or len(seeds) != len(persons):
             raise InputError(f"got {len(persons)} persons, {len(categories)} categories, {len(seeds)} seeds")
 
-        cond = self.conditions(self.prepare(persons, masks), categories)
+        decoded, latents = self.sample(self.prepare(persons, masks), categories, steps, guidance_scale, seeds, form)
+        return ReferenceResult([to_image(x) for x in decoded], latents, seeds)
+
+    # 2-5. from preprocessed inputs ----------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        prepared: list[Prepared],
+        categories: list[str],
+        steps: int,
+        guidance_scale: float,
+        seeds: Sequence[int],
+        form: str = "cached",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """-> decoded images (B, 3, H, W) in about [-1, 1] and the final latents (B, 4, h, w)."""
+        cond = self.conditions(prepared, categories)
         step = self.step_fn(cond, form)
         sched = DDIMScheduler(**self.config.scheduler.diffusers_kwargs())
         sched.set_timesteps(steps)
         h, w = self.config.latent_size
-        latents = torch.from_numpy(initial_noise(seeds, (4, h, w)))
-        b = len(persons)
+        latents = torch.from_numpy(initial_noise(seeds, (4, h, w))).to(self.device)  # fp32 DDIM state
+        b = len(prepared)
         for t in sched.timesteps:
-            eps = step(latents, int(t))
+            eps = step(latents, int(t)).float()
             eps = eps[:b] + guidance_scale * (eps[b:] - eps[:b])  # eq. 2 of the paper
             latents = sched.step(eps, t, latents).prev_sample
-        decoded = self.model.vae_decode(latents).numpy()  # (B, 3, H, W)
-        return ReferenceResult([to_image(x) for x in decoded], latents.numpy(), seeds)
+        decoded = self.model.vae_decode(latents.to(self.dtype)).float().cpu().numpy()
+        return decoded, latents.cpu().numpy()
