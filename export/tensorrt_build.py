@@ -29,6 +29,7 @@ from pathlib import Path
 import onnx
 
 from export.readiness import graph_inputs, load_structure, resolve_input_shapes
+from igr_sdk._tensorrt import _trt_logger
 
 log = logging.getLogger(__name__)
 
@@ -167,29 +168,6 @@ def _atomic_write(path: Path, data) -> None:
 # ---------------------------------------------------------------- TensorRT
 
 
-def _make_logger(trt):
-    """A TensorRT logger that forwards to Python logging (the build is long; its warnings matter)."""
-    sev = trt.ILogger.Severity
-    levels = {
-        sev.INTERNAL_ERROR: logging.CRITICAL,
-        sev.ERROR: logging.ERROR,
-        sev.WARNING: logging.WARNING,
-        sev.INFO: logging.INFO,
-        sev.VERBOSE: logging.DEBUG,
-    }
-
-    class _Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-
-        def log(self, severity, msg):
-            level = levels.get(severity, logging.INFO)
-            if log.isEnabledFor(level):  # VERBOSE is thousands of lines per build
-                log.log(level, "TensorRT: %s", msg)
-
-    return _Logger()
-
-
 def _parser_errors(parser) -> list[str]:
     out = []
     for i in range(parser.num_errors):
@@ -248,7 +226,7 @@ def build_plan(
     trt = require_tensorrt()
     gpu, sm = gpu_info()
     trt_major = trt_version_tuple(trt.__version__)[0]
-    logger = _make_logger(trt)
+    logger = _trt_logger(trt)  # one per process: TensorRT keeps the first logger it is given
     start = time.perf_counter()
 
     builder = trt.Builder(logger)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from igr_sdk._cli import sheet
 from igr_sdk._errors import InputError
 from train.checkpoint import CheckpointError, load_checkpoint, new_model
 from train.config import CATEGORIES, PRESETS, preset
@@ -26,17 +27,6 @@ from train.model import FORMS
 from train.pipeline import ReferencePipeline
 
 log = logging.getLogger(__name__)
-
-
-def sheet(images: list[Image.Image], height: int) -> Image.Image:
-    """Images side by side at one height, on white."""
-    scaled = [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height)) for im in images]
-    out = Image.new("RGB", (sum(im.width for im in scaled), height), "white")
-    x = 0
-    for im in scaled:
-        out.paste(im, (x, 0))
-        x += im.width
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if truth is not None:
         side = args.out.with_name(args.out.stem + "_sheet.png")
         person_img = Image.fromarray(np.asarray(person))
-        sheet([person_img, result.images[0], truth], model.config.height).save(side)
+        sheet([[person_img, result.images[0], truth]], model.config.height).save(side)
         log.info("wrote %s (person | restored | ground truth)", side)
     return 0
 
