@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.copy2(Path(tmp) / f["file"], args.out / f["file"])
         shutil.copy2(Path(tmp) / manifest["constants"]["file"], args.out / manifest["constants"]["file"])
         manifest["source_checkpoint"]["path"] = args.checkpoint.as_posix()
-        (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        # the training metadata records absolute paths of the machine it ran on; keep them repo-relative
+        text = json.dumps(manifest, indent=2).replace(str(REPO) + "/", "")
+        (args.out / "manifest.json").write_text(text)
 
     ds = open_dataset(args.data, split="test")
     chosen: dict[str, str] = {}
