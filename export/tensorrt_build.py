@@ -29,7 +29,8 @@ from pathlib import Path
 import onnx
 
 from export.readiness import graph_inputs, load_structure, resolve_input_shapes
-from igr_sdk._tensorrt import _trt_logger
+from igr_sdk._errors import EngineError
+from igr_sdk._tensorrt import _trt_logger, load_cudart
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +61,10 @@ def trt_version_tuple(version: str) -> tuple[int, int]:
 
 
 def _cudart():
-    """cuda-python's runtime module under either of its layouts, or None."""
+    """cuda-python's runtime module (either layout, found the way the runtime finds it), or None."""
     try:
-        from cuda.bindings import runtime  # cuda-python >= 12.6
-
-        return runtime
-    except ImportError:
-        pass
-    try:
-        from cuda import cudart  # older layout (dropped in cuda-python 13)
-
-        return cudart
-    except ImportError:
+        return load_cudart()
+    except EngineError:
         return None
 
 
