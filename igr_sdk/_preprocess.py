@@ -6,8 +6,11 @@ identical pixels and any difference between them comes from the model math alone
 
 from __future__ import annotations
 
+import math
 import os
+import secrets
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +36,47 @@ class Prepared:
     person: np.ndarray  # (3, H, W) in [-1, 1]
     mask: np.ndarray  # (1, h, w) in [0, 1]: the garment mask averaged over each latent cell
     garment_crop: np.ndarray  # (3, 224, 224), CLIP-normalised
-    pixel_mask: np.ndarray  # (H, W) bool, the mask after resize and pad
+
+
+@dataclass(frozen=True)
+class Request:
+    """The options of one restore call, checked and expanded to one entry per person."""
+
+    persons: list
+    masks: list
+    categories: list[str]
+    seeds: list[int]
+
+
+def _per_person(x, n: int, what: str) -> list:
+    if isinstance(x, (list, tuple)):
+        if len(x) != n:
+            raise InputError(f"got {n} person images but {len(x)} {what}")
+        return list(x)
+    return [x] * n
+
+
+def check_request(person, mask, category, guidance_scale: float, seed, categories: Sequence[str]) -> Request:
+    """Check a restore call's options (steps are checked by the scheduler); None seeds are drawn fresh."""
+    persons = list(person) if isinstance(person, (list, tuple)) else [person]
+    if not persons:
+        raise InputError("no person image given")
+    n = len(persons)
+    cats = _per_person(category, n, "categories")
+    for c in cats:
+        if c not in categories:
+            raise InputError(f"unknown category {c!r}; expected one of {tuple(categories)}")
+    if (
+        isinstance(guidance_scale, bool)
+        or not isinstance(guidance_scale, (int, float))
+        or not math.isfinite(guidance_scale)
+    ):
+        raise InputError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    seeds = [secrets.randbits(63) for _ in range(n)] if seed is None else _per_person(seed, n, "seeds")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+            raise InputError(f"seed must be a non-negative integer, got {s!r}")
+    return Request(persons, _per_person(mask, n, "masks"), cats, [int(s) for s in seeds])
 
 
 def _open(path: Path, what: str) -> Image.Image:
@@ -188,7 +231,6 @@ def prepare(person: ImageLike, mask: ImageLike, height: int, width: int, latent_
         person=(rgb.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1).copy(),
         mask=mask_to_latent(m, latent_factor),
         garment_crop=garment_crop(rgb, m),
-        pixel_mask=m,
     )
 
 

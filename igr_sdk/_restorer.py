@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +23,9 @@ from PIL import Image
 
 from igr_sdk import _scheduler as ddim
 from igr_sdk._backend import Backend, open_backend
-from igr_sdk._errors import EngineError, InputError
+from igr_sdk._errors import EngineError
 from igr_sdk._manifest import Manifest, check_file, read_manifest
-from igr_sdk._preprocess import ImageLike, Prepared, prepare, to_image
+from igr_sdk._preprocess import ImageLike, Prepared, check_request, prepare, to_image
 
 STAGES = ("preprocess", "image_encoder", "vae_encoder", "garmnet", "denoiser", "vae_decoder", "postprocess")
 
@@ -40,14 +39,6 @@ class RestoreResult:
     @property
     def image(self) -> Image.Image:
         return self.images[0]
-
-
-def _listify(x, n: int, what: str) -> list:
-    if isinstance(x, (list, tuple)):
-        if len(x) != n:
-            raise InputError(f"got {n} person images but {len(x)} {what}")
-        return list(x)
-    return [x] * n
 
 
 class Restorer:
@@ -115,28 +106,11 @@ class Restorer:
         seed: int for all, one per person, or None for fresh seeds (returned in the result).
         progress: called as progress(done_steps, total_steps) after every denoiser step.
         """
-        persons = list(person) if isinstance(person, (list, tuple)) else [person]
-        if not persons:
-            raise InputError("no person image given")
+        req = check_request(person, mask, category, guidance_scale, seed, self.manifest.categories)
+        sched = self.manifest.raw["scheduler"]
+        timesteps = ddim.ddim_timesteps(steps, sched["num_train_timesteps"], sched["steps_offset"])
+        persons, masks, cats, seeds = req.persons, req.masks, req.categories, req.seeds
         n = len(persons)
-        masks = _listify(mask, n, "masks")
-        cats = _listify(category, n, "categories")
-        for c in cats:
-            if c not in self.manifest.categories:
-                raise InputError(f"unknown category {c!r}; expected one of {self.manifest.categories}")
-        timesteps = ddim.ddim_timesteps(
-            steps, self.manifest.raw["scheduler"]["num_train_timesteps"], self.manifest.raw["scheduler"]["steps_offset"]
-        )
-        if (
-            isinstance(guidance_scale, bool)
-            or not isinstance(guidance_scale, (int, float))
-            or not math.isfinite(guidance_scale)
-        ):
-            raise InputError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
-        seeds = [secrets.randbits(63) for _ in range(n)] if seed is None else _listify(seed, n, "seeds")
-        for s in seeds:
-            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
-                raise InputError(f"seed must be a non-negative integer, got {s!r}")
 
         timings = dict.fromkeys(STAGES, 0.0)
         t_start = time.perf_counter()
@@ -164,7 +138,7 @@ class Restorer:
                 )
             images.extend(out[: len(chunk)])
         timings["total"] = time.perf_counter() - t_start
-        return RestoreResult(tuple(images), timings, tuple(int(s) for s in seeds))
+        return RestoreResult(tuple(images), timings, tuple(seeds))
 
     # --- one engine batch ------------------------------------------------------------------------
     def _restore_batch(

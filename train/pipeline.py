@@ -14,7 +14,6 @@ IDM-VTON-style code does; a compute baseline only).
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +23,8 @@ from diffusers import DDIMScheduler
 from PIL import Image
 
 from igr_sdk._errors import InputError
-from igr_sdk._preprocess import ImageLike, Prepared, prepare, to_image
+from igr_sdk._preprocess import ImageLike, Prepared, check_request, prepare, to_image
+from igr_sdk._scheduler import ddim_timesteps
 from train.config import CATEGORIES
 from train.model import FORMS, IGRModel
 
@@ -50,12 +50,6 @@ class Conditions:
 def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> np.ndarray:
     """One float32 standard-normal latent per seed: (B, 4, h, w). The runtime draws the same."""
     return np.stack([np.random.default_rng(s).standard_normal(shape, dtype=np.float32) for s in seeds])
-
-
-def _as_list(x, n: int | None = None) -> list:
-    if isinstance(x, (list, tuple)):
-        return list(x)
-    return [x] * (n or 1)
 
 
 class ReferencePipeline:
@@ -130,19 +124,9 @@ class ReferencePipeline:
         seed: int | list[int] | None = None,
         form: str = "cached",
     ) -> ReferenceResult:
-        persons = _as_list(person)
-        masks = _as_list(mask, len(persons))
-        categories = _as_list(category, len(persons))
-        bad = [c for c in categories if c not in CATEGORIES]
-        if bad:
-            raise InputError(f"unknown category {bad[0]!r}; expected one of {CATEGORIES}")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise InputError(f"steps must be an integer >= 1, got {steps!r}")
-        if not np.isfinite(guidance_scale):
-            raise InputError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
-        seeds = tuple(_as_list(seed if seed is not None else secrets.randbits(63), len(persons)))
-        if len(categories) != len(persons) or len(seeds) != len(persons):
-            raise InputError(f"got {len(persons)} persons, {len(categories)} categories, {len(seeds)} seeds")
+        req = check_request(person, mask, category, guidance_scale, seed, CATEGORIES)
+        ddim_timesteps(steps, self.config.scheduler.num_train_timesteps)  # the same step-count check as the SDK
+        persons, masks, categories, seeds = req.persons, req.masks, req.categories, tuple(req.seeds)
 
         decoded, latents = self.sample(self.prepare(persons, masks), categories, steps, guidance_scale, seeds, form)
         return ReferenceResult([to_image(x) for x in decoded], latents, seeds)
