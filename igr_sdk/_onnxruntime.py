@@ -31,6 +31,8 @@ class OnnxRuntimeBackend:
     def __init__(self, name: str, sessions: dict, dtypes: dict, device_id: int | None, ort):
         self.name = name
         self._sessions = sessions
+        # output names are fixed per session: read them once, not on every denoiser step
+        self._outputs = {g: [o.name for o in sess.get_outputs()] for g, sess in sessions.items()}
         self._dtypes = dtypes  # (graph, input name) -> numpy dtype
         self._device_id = device_id
         self._ort = ort
@@ -90,7 +92,7 @@ class OnnxRuntimeBackend:
 
     def run(self, graph: str, feeds: dict) -> dict:
         sess = self._sessions[graph]
-        names = [o.name for o in sess.get_outputs()]
+        names = self._outputs[graph]
         if self._device_id is None:
             return dict(zip(names, sess.run(names, feeds)))
         binding = sess.io_binding()
