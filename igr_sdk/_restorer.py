@@ -60,8 +60,12 @@ class Restorer:
             sched["beta_start"], sched["beta_end"], sched["num_train_timesteps"], sched["beta_schedule"]
         )
         self._final_alpha_bar = 1.0 if sched["set_alpha_to_one"] else float(self._alpha_bar[0])
-        if sched["prediction_type"] != "epsilon":
-            raise EngineError(f"manifest scheduler predicts {sched['prediction_type']!r}; only 'epsilon' is supported")
+        self._prediction_type = sched.get("prediction_type")
+        if self._prediction_type not in ddim.PREDICTION_TYPES:
+            raise EngineError(
+                f"manifest scheduler predicts {self._prediction_type!r}; "
+                f"supported: {', '.join(map(repr, ddim.PREDICTION_TYPES))}"
+            )
 
     @classmethod
     def from_dir(
@@ -206,7 +210,13 @@ class Restorer:
             }
             eps = be.to_host(timed("denoiser", "denoiser", feeds)["noise_pred"]).astype(np.float32)
             x = ddim.ddim_step(
-                x, ddim.guided(eps, guidance_scale), int(t), prev, self._alpha_bar, self._final_alpha_bar
+                x,
+                ddim.guided(eps, guidance_scale),  # CFG on the model output (eps or v)
+                int(t),
+                prev,
+                self._alpha_bar,
+                self._final_alpha_bar,
+                self._prediction_type,
             )
             if progress is not None:
                 progress(done + i + 1, total)

@@ -1,8 +1,16 @@
 """DDIM (eta = 0) in plain numpy, as pure functions over SD1.5's schedule constants.
 
 Matches diffusers' ``DDIMScheduler`` with the configuration in DESIGN.md section 2: scaled-linear
-betas, "leading" timestep spacing with ``steps_offset``, epsilon prediction, no clipping and
-``set_alpha_to_one=False`` (the last step steps towards alpha_bar[0], not 1).
+betas, "leading" timestep spacing with ``steps_offset``, no clipping and ``set_alpha_to_one=False``
+(the last step steps towards alpha_bar[0], not 1).
+
+The model output is read as one of two parametrisations of x_t = sqrt(a) x0 + sqrt(1 - a) eps,
+with a = alpha_bar[t]:
+
+- ``epsilon``: the model predicts eps.
+- ``v_prediction`` (Salimans & Ho 2022): the model predicts v = sqrt(a) eps - sqrt(1 - a) x0.
+  Because sqrt(a)^2 + sqrt(1 - a)^2 = 1, (x_t, v) is a rotation of (x0, eps), and
+  x0 = sqrt(a) x_t - sqrt(1 - a) v,  eps = sqrt(1 - a) x_t + sqrt(a) v.
 """
 
 from __future__ import annotations
@@ -10,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from igr_sdk._errors import InputError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def alphas_cumprod(
@@ -42,18 +52,50 @@ def ddim_timesteps(
     return (np.arange(steps, dtype=np.int64) * ratio)[::-1] + steps_offset
 
 
+def check_prediction_type(prediction_type: str) -> str:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type {prediction_type!r} is not supported; expected one of {', '.join(PREDICTION_TYPES)}"
+        )
+    return prediction_type
+
+
+def x0_and_eps(
+    sample: np.ndarray, model_output: np.ndarray, a_t: float, prediction_type: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted clean latent x0, predicted noise eps) from x_t and the model output at alpha_bar a_t."""
+    check_prediction_type(prediction_type)
+    sqrt_a, sqrt_1ma = np.sqrt(a_t), np.sqrt(1.0 - a_t)
+    if prediction_type == "epsilon":
+        eps = model_output
+        x0 = (sample - sqrt_1ma * eps) / sqrt_a
+    else:  # v_prediction
+        x0 = sqrt_a * sample - sqrt_1ma * model_output
+        eps = sqrt_1ma * sample + sqrt_a * model_output
+    return x0, eps
+
+
 def ddim_step(
-    sample: np.ndarray, eps: np.ndarray, t: int, prev_t: int, alpha_bar: np.ndarray, final_alpha_bar: float
+    sample: np.ndarray,
+    model_output: np.ndarray,
+    t: int,
+    prev_t: int,
+    alpha_bar: np.ndarray,
+    final_alpha_bar: float,
+    prediction_type: str = "epsilon",
 ) -> np.ndarray:
-    """x_t -> x_{prev_t} with eta = 0 (Song et al. 2020, eq. 12)."""
-    a_t = alpha_bar[t]
+    """x_t -> x_{prev_t} with eta = 0 (Song et al. 2020, eq. 12); prev_t < 0 steps to final_alpha_bar."""
     a_prev = alpha_bar[prev_t] if prev_t >= 0 else final_alpha_bar
-    x0 = (sample - np.sqrt(1.0 - a_t) * eps) / np.sqrt(a_t)  # predicted clean latent
+    x0, eps = x0_and_eps(sample, model_output, alpha_bar[t], prediction_type)
     out = np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps
     return out.astype(sample.dtype, copy=False)
 
 
-def guided(eps: np.ndarray, guidance_scale: float) -> np.ndarray:
-    """CFG combine over a [uncond x B ; cond x B] batch: eps_u + s (eps_c - eps_u), (B, ...)."""
-    b = eps.shape[0] // 2
-    return eps[:b] + guidance_scale * (eps[b:] - eps[:b])
+def guided(model_output: np.ndarray, guidance_scale: float) -> np.ndarray:
+    """CFG combine over a [uncond x B ; cond x B] batch: u + s (c - u), (2B, ...) -> (B, ...).
+
+    Applied to the model output whatever it predicts (eps or v), as diffusers' pipelines do; both
+    are linear in the model output, so the combine commutes with the conversion to x0 and eps.
+    """
+    b = model_output.shape[0] // 2
+    return model_output[:b] + guidance_scale * (model_output[b:] - model_output[:b])

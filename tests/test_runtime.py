@@ -231,3 +231,47 @@ def test_cli_writes_images_and_fails_in_one_line(tiny_engines, person_and_mask, 
         ]
     )
     assert rc == 2 and "engine directory" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def v_prediction_build(tiny_checkpoint, tiny_engines, tmp_path_factory):
+    """The tiny checkpoint declared a v-prediction model, exported as a rebuild of the tiny engines:
+    every graph is kept (same weights) and the manifest is written again from the checkpoint's config."""
+    from export.build import BuildOptions, build
+
+    root = tmp_path_factory.mktemp("v_prediction")
+    ck, out = root / "ck", root / "engines"
+    shutil.copytree(tiny_checkpoint, ck)
+    shutil.copytree(tiny_engines, out)
+    config = json.loads((ck / "config.json").read_text())
+    config["scheduler"]["prediction_type"] = "v_prediction"
+    (ck / "config.json").write_text(json.dumps(config))
+    build(BuildOptions(checkpoint=ck, out=out))
+    return ck, out
+
+
+def test_v_prediction_restorer_equals_the_torch_reference(v_prediction_build, restorer, person_and_mask):
+    ck, engines = v_prediction_build
+    assert json.loads((engines / "manifest.json").read_text())["scheduler"]["prediction_type"] == "v_prediction"
+    person, mask = person_and_mask
+    got = Restorer.from_dir(engines, backend="onnxruntime").restore(person, mask, "full", steps=25, seed=4)
+    pipe = ReferencePipeline(load_checkpoint(ck))
+    assert pipe.scheduler().config.prediction_type == "v_prediction"
+    ref = pipe.restore(person, mask, "full", steps=25, seed=4)
+    assert np.abs(_pixels(got.image) - _pixels(ref.images[0])).max() <= 1
+    # the same network read as an epsilon model samples something else: the manifest's type is used
+    as_eps = restorer.restore(person, mask, "full", steps=25, seed=4)
+    assert np.abs(_pixels(got.image) - _pixels(as_eps.image)).mean() > 5
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", None])
+def test_unknown_prediction_type_in_the_manifest(tiny_engines, tmp_path, prediction_type):
+    d = tmp_path / "pred"
+    shutil.copytree(tiny_engines, d)
+    m = json.loads((d / "manifest.json").read_text())
+    m["scheduler"]["prediction_type"] = prediction_type
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(
+        EngineError, match=rf"manifest scheduler predicts {prediction_type!r}; supported: 'epsilon', 'v_prediction'"
+    ):
+        Restorer.from_dir(d, backend="onnxruntime")

@@ -24,7 +24,7 @@ from PIL import Image
 
 from igr_sdk._errors import InputError
 from igr_sdk._preprocess import ImageLike, Prepared, check_request, prepare, to_image
-from igr_sdk._scheduler import ddim_timesteps
+from igr_sdk._scheduler import check_prediction_type, ddim_timesteps
 from train.config import CATEGORIES
 from train.model import FORMS, IGRModel
 
@@ -61,6 +61,12 @@ class ReferencePipeline:
         self.config = model.config
         p = model.denoiser.conv_in.weight
         self.device, self.dtype = p.device, p.dtype
+
+    def scheduler(self) -> DDIMScheduler:
+        """diffusers' DDIM with every constant of the config, ``prediction_type`` included; only the
+        prediction types the runtime supports are accepted, so the two always sample alike."""
+        check_prediction_type(self.config.scheduler.prediction_type)
+        return DDIMScheduler(**self.config.scheduler.diffusers_kwargs())
 
     def _tensor(self, arrays: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(arrays)).to(self.device, self.dtype)
@@ -145,14 +151,14 @@ class ReferencePipeline:
         """-> decoded images (B, 3, H, W) in about [-1, 1] and the final latents (B, 4, h, w)."""
         cond = self.conditions(prepared, categories)
         step = self.step_fn(cond, form)
-        sched = DDIMScheduler(**self.config.scheduler.diffusers_kwargs())
+        sched = self.scheduler()
         sched.set_timesteps(steps)
         h, w = self.config.latent_size
         latents = torch.from_numpy(initial_noise(seeds, (4, h, w))).to(self.device)  # fp32 DDIM state
         b = len(prepared)
         for t in sched.timesteps:
-            eps = step(latents, int(t)).float()
-            eps = eps[:b] + guidance_scale * (eps[b:] - eps[:b])  # eq. 2 of the paper
-            latents = sched.step(eps, t, latents).prev_sample
+            pred = step(latents, int(t)).float()  # (2B, 4, h, w): eps or v, as the config predicts
+            pred = pred[:b] + guidance_scale * (pred[b:] - pred[:b])  # eq. 2 of the paper, on the model output
+            latents = sched.step(pred, t, latents).prev_sample
         decoded = self.model.vae_decode(latents.to(self.dtype)).float().cpu().numpy()
         return decoded, latents.cpu().numpy()
