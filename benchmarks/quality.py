@@ -9,7 +9,9 @@ Usage::
 For every pair, each *system* (a callable Sample -> PIL image) produces a garment image of the
 evaluation size (H, W); the ground-truth garment is brought to that size with the same
 ``fit`` (resize keeping proportions, pad white) the model's input gets, and the two are compared
-with SSIM and PSNR, plus LPIPS / DISTS when ``--lpips`` / ``--dists`` name local weights.
+with SSIM and PSNR, plus LPIPS / DISTS with ``--lpips`` / ``--dists``: alone, they read the
+weights that ``python benchmarks/fetch_metric_weights.py`` stores once in
+``~/.cache/igr-sdk/metric-weights``; followed by a folder or weight files, they read those.
 Systems:
 
 * ``NAME=CKPT``: the torch reference pipeline of an IGR checkpoint (``--steps`` DDIM steps,
@@ -43,7 +45,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baselines import segment_and_paste
-from benchmarks.metrics import DISTS, LPIPS, PSNR_CONVENTION, SSIM_CONVENTION, as_image, psnr, ssim
+from benchmarks.metrics import DISTS, LPIPS, PSNR_CONVENTION, SSIM_CONVENTION, WeightsError, as_image, psnr, ssim
 from igr_sdk._preprocess import fit
 from train.datasets import CATEGORIES, Sample, open_dataset
 
@@ -267,8 +269,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="evaluate only the first N pairs")
     p.add_argument("--size", type=_parse_size, help="H x W when there is no model (default 256x192)")
     p.add_argument("--out", type=Path, default=Path("out/quality"), help="report prefix: PREFIX.md and PREFIX.json")
-    p.add_argument("--lpips", nargs="+", type=Path, metavar="PATH", help="LPIPS weights: VGG16 + LPIPS vgg.pth")
-    p.add_argument("--dists", nargs="+", type=Path, metavar="PATH", help="DISTS weights: VGG16 + DISTS weights.pt")
+    cache = "the fetch_metric_weights.py cache"
+    p.add_argument(
+        "--lpips", nargs="*", type=Path, metavar="PATH", help=f"add LPIPS; weights from PATH(s) or else {cache}"
+    )
+    p.add_argument(
+        "--dists", nargs="*", type=Path, metavar="PATH", help=f"add DISTS; weights from PATH(s) or else {cache}"
+    )
     a = p.parse_args(argv)
     if not a.models and not a.baselines:
         p.error("nothing to evaluate: give --models NAME=CKPT and/or --baselines")
@@ -291,10 +298,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log.warning("%d pairs of %s were left out; see the warnings above", dataset.problem_count, a.data)
 
     metrics: dict[str, Metric] = dict(DEFAULT_METRICS)
-    if a.lpips:
-        metrics["lpips"] = LPIPS(a.lpips)
-    if a.dists:
-        metrics["dists"] = DISTS(a.dists)
+    weights: dict[str, list[str]] = {}
+    try:
+        for name, cls, given in (("lpips", LPIPS, a.lpips), ("dists", DISTS, a.dists)):
+            if given is not None:  # the flag alone (no paths) reads the default weights folder
+                model = cls(given or None)
+                metrics[name], weights[name] = model, [str(p) for p in model.paths]
+    except WeightsError as e:
+        raise SystemExit(f"error: {e}") from None
 
     systems: dict[str, System] = {}
     sizes: dict[str, tuple[int, int]] = {}
@@ -318,8 +329,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steps": a.steps,
         "guidance": a.guidance,
         "seed": "pair index",
-        "lpips_weights": [str(p) for p in a.lpips or []],
-        "dists_weights": [str(p) for p in a.dists or []],
+        "lpips_weights": weights.get("lpips", []),
+        "dists_weights": weights.get("dists", []),
     }
     md = write_report(result, a.out, f"Garment restoration quality, {a.data} ({a.split})")
     print(md.read_text())

