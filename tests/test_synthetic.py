@@ -91,7 +91,9 @@ def test_mask_is_the_garment_on_the_person():
     for i in range(12):
         p = _clean(i)
         assert p.flags == ()
-        assert 0.02 < p.mask.mean() < 0.3, p.meta["garment_type"]
+        # framed around the garment (the default, as in VITON-HD) it is a large share of the photo
+        assert 0.08 < p.mask.mean() < 0.7, p.meta["garment_type"]
+        assert 0.02 < _clean(i, framing="figure").mask.mean() < 0.3, p.meta["garment_type"]
         # the masked person pixels carry the garment's colours (shaded), unlike the rest of the image
         flat = p.garment[(p.garment < 235).any(-1)].astype(float).mean(0)
         worn = p.person[p.mask].astype(float).mean(0)
@@ -174,3 +176,17 @@ def test_module_runs_as_a_script_without_torch(tmp_path):
     code = "import sys, train.synthetic, train.datasets; print('torch' in sys.modules)"
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert probe.stdout.strip() == "False", probe.stderr
+
+
+def test_garment_framing_fills_the_frame_and_figure_framing_shows_the_figure():
+    fractions = {f: [_clean(i, framing=f).mask.mean() for i in range(9)] for f in ("garment", "figure")}
+    assert np.mean(fractions["garment"]) > 2 * np.mean(fractions["figure"]), fractions
+    for i in range(9):
+        p = _clean(i)
+        ys, xs = np.nonzero(p.mask)
+        h, w = p.mask.shape
+        # the garment's box spans most of the frame's tighter side and stays inside the frame
+        assert max((ys.max() - ys.min() + 1) / h, (xs.max() - xs.min() + 1) / w) > 0.5, p.meta
+        assert p.meta["framing"] == "garment"
+    with pytest.raises(ValueError, match="unknown framing 'wide'"):
+        _clean(0, framing="wide")

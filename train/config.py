@@ -264,6 +264,8 @@ def _small() -> IGRConfig:
             projection_dim=64,
             hidden_act="quick_gelu",
         ),
+        # trained from scratch: v-prediction learns the high-noise steps (the silhouette) far sooner
+        scheduler=SchedulerConfig(prediction_type="v_prediction"),
     )
 
 

@@ -18,6 +18,7 @@ process) and the data order by (seed, epoch), so a resumed run repeats an uninte
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -40,6 +41,8 @@ from igr_sdk._preprocess import to_image
 from train.checkpoint import CheckpointError, load_checkpoint, new_model, read_config, save_checkpoint
 from train.config import IGRConfig, preset
 from train.datasets import PairDataset
+from train.ema import EMA
+from train.latent_cache import attach_latents
 from train.model import IGRModel
 from train.objective import DiffusionObjective, draw, micro_batch_seed, set_trainable, trainable_parameters
 from train.pipeline import ReferencePipeline
@@ -69,6 +72,7 @@ RESUMABLE = frozenset(
         "sd15",
         "ip_adapter",
         "clip_vision",
+        "latent_cache",
     }
 )
 # AdamW learning rates: the paper's 1e-5 for fine-tuning SD1.5; the randomly initialised small
@@ -147,7 +151,11 @@ def build_model(cfg: TrainConfig, saved_config: dict[str, Any] | None) -> IGRMod
             raise TrainError(f"--resolution {cfg.resolution[0]}x{cfg.resolution[1]}: {e}") from None
     if cfg.cond_drop_prob is not None:
         c = dataclasses.replace(c, cond_drop_prob=cfg.cond_drop_prob)
-    model.config = c  # resolution and drop rate do not change the architecture
+    if cfg.prediction_type is not None:
+        c = dataclasses.replace(c, scheduler=dataclasses.replace(c.scheduler, prediction_type=cfg.prediction_type))
+    if cfg.guidance_scale is not None:
+        c = dataclasses.replace(c, guidance_scale=cfg.guidance_scale)
+    model.config = c  # none of these change the architecture
     return model
 
 
@@ -194,6 +202,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
         ip_adapter=ab(cfg.ip_adapter),
         clip_vision=ab(cfg.clip_vision),
         val_data=ab(cfg.val_data),
+        latent_cache=ab(cfg.latent_cache),
     )
 
 
@@ -309,15 +318,27 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
         diff = sorted(k for k in now if now[k] != saved["igr_config"].get(k))
         if diff:
             raise TrainError(f"--resume: the model config differs from {state_dir / TRAINER_FILE} in {diff}")
-    cfg = dataclasses.replace(cfg, cond_drop_prob=model.config.cond_drop_prob)
-    trainset = ConcatDataset([TrainSet(ds, model.config, r) for ds, r in zip(sets, reframes)])
+    cfg = dataclasses.replace(
+        cfg,
+        cond_drop_prob=model.config.cond_drop_prob,
+        prediction_type=model.config.scheduler.prediction_type,
+        guidance_scale=model.config.guidance_scale,
+    )
+    parts = [TrainSet(ds, model.config, r) for ds, r in zip(sets, reframes)]
+    if cfg.latent_cache is not None:
+        for part in parts:  # every process reads the same file; the main one writes what is missing
+            with accelerator.main_process_first():
+                attach_latents(part, model, Path(cfg.latent_cache))
+    trainset = ConcatDataset(parts)
 
     set_trainable(model, cfg.train_vae, cfg.train_image_encoder)
     if cfg.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
         model.garmnet.enable_gradient_checkpointing()
-    objective = DiffusionObjective(model, train_vae=cfg.train_vae)
-    params = trainable_parameters(model)
+    objective = DiffusionObjective(
+        model, train_vae=cfg.train_vae, snr_gamma=cfg.snr_gamma, thumbnail_weight=cfg.thumbnail_weight or 0.0
+    )
+    params = trainable_parameters(objective)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
@@ -331,6 +352,12 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
     if saved is not None and saved["train_config"]["grad_accum"] != ga:
         raise TrainError(f"--resume: gradient accumulation is {ga}, the run used {saved['train_config']['grad_accum']}")
 
+    unwrapped: DiffusionObjective = accelerator.unwrap_model(objective)
+    igr = unwrapped.igr
+    ema = EMA(igr, cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)  # saved and restored with the state
+
     step, elapsed = 0, 0.0
     if saved is not None:
         accelerator.load_state(str(state_dir))
@@ -342,8 +369,8 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
                 saved.get("world_size"),
             )
         log.info("resumed %s at step %d", state_dir, step)
-    unwrapped: DiffusionObjective = accelerator.unwrap_model(objective)
-    igr = unwrapped.igr
+    # checkpoints and validation images show the averaged weights when there is an EMA
+    averaged = ema.applied if ema is not None else contextlib.nullcontext
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -381,7 +408,8 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
                 os.replace(out / STATE, out / STATE_OLD)
             os.replace(tmp, out / STATE)
             shutil.rmtree(out / STATE_OLD, ignore_errors=True)
-            save_checkpoint(igr, ckpt, meta)
+            with averaged():
+                save_checkpoint(igr, ckpt, {**meta, "weights": "ema" if ema is not None else "raw"})
             if not final:
                 prune_checkpoints(out, cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -461,6 +489,8 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
                         lr_schedule.step()
                     optimizer.zero_grad(set_to_none=True)
                 micro_losses.append(res["loss"].detach().float())
+            if ema is not None:
+                ema.update()
             step_loss = torch.stack(micro_losses).mean()
             loss_value = step_loss.item()  # also waits for the GPU, so the timing below is honest
             if not math.isfinite(loss_value):
@@ -493,7 +523,7 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
             if cfg.val_every and val_pairs and step % cfg.val_every == 0:
                 if main:
                     objective.eval()
-                    with accelerator.autocast():
+                    with accelerator.autocast(), averaged():
                         grid = validation_grid(igr, val_pairs, cfg.val_steps, cfg.seed)
                     (out / "val").mkdir(exist_ok=True)
                     grid.save(out / "val" / f"step-{step:06d}.png")

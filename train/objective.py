@@ -1,4 +1,4 @@
-"""IGR's training objective: epsilon-prediction MSE with GarmNet and IP-Adapter conditions.
+"""IGR's training objective: epsilon- or v-prediction MSE with GarmNet and IP-Adapter conditions.
 
 One :class:`DiffusionObjective` wraps the :class:`~train.model.IGRModel` so that a whole training
 forward (VAE encode, CLIP, GarmNet, reference K/V, denoiser, loss) is one ``nn.Module.forward``:
@@ -70,13 +70,58 @@ def draw(seed: int, batch: int, latent_shape: tuple[int, int], num_timesteps: in
     return Draws(noise, timesteps, drop)
 
 
-class DiffusionObjective(nn.Module):
-    """Loss of one (micro-)batch; its state dict is the model's (prefixed ``igr.``)."""
+AUX_SIZE = (16, 12)  # (h, w) of the garment thumbnail the IP tokens are asked to carry
 
-    def __init__(self, model: IGRModel, train_vae: bool = False):
+
+def min_snr_weight(alpha_bar: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Per-sample loss weight of Min-SNR-gamma (Hang et al. 2023), (B,) float32.
+
+    The weight on the x0 error is min(SNR, gamma); expressed on the epsilon error it is
+    min(SNR, gamma) / SNR and on the v error min(SNR, gamma) / (SNR + 1). Low-noise steps, which
+    are easy and numerous, stop dominating the gradient.
+    """
+    snr = alpha_bar / (1.0 - alpha_bar)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1.0) if prediction_type == "v_prediction" else clipped / snr
+
+
+class GarmentThumbnailHead(nn.Module):
+    """Training-only probe: the IP tokens -> a (3, 16, 12) thumbnail of the target garment.
+
+    Its loss makes the image encoder put the garment's colours and layout into the IP tokens from
+    the first steps, instead of waiting for the denoiser's weak early gradient to ask for them. It is
+    not part of the model: checkpoints and engines never contain it.
+    """
+
+    def __init__(self, tokens: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(tokens * dim, 3 * AUX_SIZE[0] * AUX_SIZE[1])
+
+    def forward(self, ip_tokens: torch.Tensor) -> torch.Tensor:
+        b = ip_tokens.shape[0]
+        return self.proj(ip_tokens.reshape(b, -1)).view(b, 3, *AUX_SIZE)  # (B, 3, 16, 12)
+
+
+class DiffusionObjective(nn.Module):
+    """Loss of one (micro-)batch; its state dict is the model's (prefixed ``igr.``) plus the
+    thumbnail head (``thumb.``) when ``thumbnail_weight`` > 0."""
+
+    def __init__(
+        self,
+        model: IGRModel,
+        train_vae: bool = False,
+        snr_gamma: float | None = None,
+        thumbnail_weight: float = 0.0,
+    ):
         super().__init__()
         self.igr = model
         self.train_vae = train_vae
+        self.snr_gamma = snr_gamma
+        self.thumbnail_weight = thumbnail_weight
+        if thumbnail_weight > 0:
+            with torch.random.fork_rng(devices=[]):  # the same start in every run: resume stays exact
+                torch.manual_seed(0)
+                self.thumb = GarmentThumbnailHead(model.config.ip_tokens, model.config.unet.cross_attention_dim)
         c = model.config.scheduler
         if c.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type {c.prediction_type!r} is not supported for training")
@@ -118,42 +163,65 @@ class DiffusionObjective(nn.Module):
 
     def forward(
         self,
-        person: torch.Tensor,  # (B, 3, H, W) in [-1, 1]
         mask: torch.Tensor,  # (B, 1, h, w) in [0, 1]
         garment_crop: torch.Tensor,  # (B, 3, 224, 224) CLIP-normalised
-        target: torch.Tensor,  # (B, 3, H, W) in [-1, 1]: the in-shop garment
         category: torch.Tensor,  # (B,) int64 index into CATEGORIES
         noise: torch.Tensor,  # (B, 4, h, w)
         timesteps: torch.Tensor,  # (B,) int64
         n_uncond: int,
+        person: torch.Tensor | None = None,  # (B, 3, H, W) in [-1, 1]
+        target: torch.Tensor | None = None,  # (B, 3, H, W) in [-1, 1]: the in-shop garment
+        person_latent: torch.Tensor | None = None,  # (B, 4, h, w): cached, instead of ``person``
+        target_latent: torch.Tensor | None = None,  # (B, 4, h, w): cached, instead of ``target``
+        thumbnail: torch.Tensor | None = None,  # (B, 3, 16, 12) in [-1, 1]: the thumbnail head's target
     ) -> dict[str, torch.Tensor]:
         igr, dt = self.igr, self.dtype
-        b = person.shape[0]
-        person, mask, garment_crop, target = (x.to(dt) for x in (person, mask, garment_crop, target))
+        b = mask.shape[0]
+        mask, garment_crop = mask.to(dt), garment_crop.to(dt)
 
-        z0, ae_target = self._encode(target)  # (B, 4, h, w)
+        if target_latent is not None:
+            z0, ae_target = target_latent.float(), None
+        else:
+            z0, ae_target = self._encode(target.to(dt))  # (B, 4, h, w)
         text = igr.prompt_embeds[category].to(dt)  # (B, 77, C): fixed category prompts
         ip = igr.uncond_ip_tokens(n_uncond)  # (B_u, T_ip, C)
         ref_k = ref_v = None
         ae_person = None
+        thumb_loss = None
         if n_uncond < b:
             kept = slice(n_uncond, b)
-            zp, ae_person = self._encode(person[kept])  # (B_c, 4, h, w)
-            ip = torch.cat([ip, igr.ip_tokens(garment_crop[kept])])  # (B, T_ip, C)
+            if person_latent is not None:
+                zp = person_latent[kept].to(dt)
+            else:
+                zp, ae_person = self._encode(person[kept].to(dt))  # (B_c, 4, h, w)
+            ip_kept = igr.ip_tokens(garment_crop[kept])  # (B_c, T_ip, C)
+            ip = torch.cat([ip, ip_kept])  # (B, T_ip, C)
             # GarmNet is trained through the denoiser's attention: no detach here
             feats = igr.garmnet_features(zp, mask[kept], text[kept])
             ref_k, ref_v = igr.reference_kv(feats)  # per block (B_c, N_i, C_i)
+            if self.thumbnail_weight > 0:
+                thumb_loss = F.mse_loss(self.thumb(ip_kept).float(), thumbnail[kept].float())
 
         zt = self.add_noise(z0, noise, timesteps).to(dt)
         pred = igr.denoise(zt, timesteps, text, ip.to(dt), n_uncond, ref_k=ref_k, ref_v=ref_v)
-        diffusion = F.mse_loss(pred.float(), self.target(z0, noise, timesteps))
+        err = (pred.float() - self.target(z0, noise, timesteps)).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        if self.snr_gamma is not None:
+            ab = self.alphas_cumprod.to(timesteps.device)[timesteps]
+            err = err * min_snr_weight(ab, self.snr_gamma, self.prediction_type)
+        diffusion = err.mean()
         loss = diffusion
+        out_extra = {}
+        if thumb_loss is not None:
+            loss = loss + self.thumbnail_weight * thumb_loss
+            out_extra["thumbnail"] = thumb_loss.detach()
+        elif self.thumbnail_weight > 0:
+            loss = loss + 0.0 * sum(p.sum() for p in self.thumb.parameters())
         if n_uncond == b:
             # Nothing reached GarmNet (or a trained image encoder) in this batch. DDP and ZeRO expect a
             # gradient for every trainable parameter on every rank, so give them an exact zero.
             loss = loss + 0.0 * sum(p.sum() for p in self._condition_only_parameters())
-        out = {"diffusion": diffusion.detach()}
-        if self.train_vae:
+        out = {"diffusion": diffusion.detach(), **out_extra}
+        if self.train_vae and ae_target is not None:
             ae = ae_target if ae_person is None else 0.5 * (ae_target + ae_person)
             loss = loss + ae
             out["autoencoder"] = ae.detach()

@@ -78,9 +78,14 @@ def train_vae(
     kl_weight: float = 1e-6,
     chroma_weight: float = 2.0,
     log_every: int = 50,
+    cosine: bool = False,
 ):
     vae = model.vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    # a cosine decay to 1% of lr: the last few hundred steps at a small rate buy several dB of PSNR
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * min(i, steps) / steps)) if cosine else 1.0
+    )
     data = batches(seed, (model.config.height, model.config.width), batch, crop)
     history = []
     t0 = time.perf_counter()
@@ -99,6 +104,7 @@ def train_vae(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         history.append(float(loss))
         if step % log_every == 0 or step == steps:
             log.info(
@@ -130,12 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--init", type=Path, help="continue from this checkpoint's VAE")
     ap.add_argument("--chroma-weight", type=float, default=2.0, help="weight of the colour (chroma) L1 term")
+    ap.add_argument("--cosine", action="store_true", help="decay the learning rate to 1%% of --lr on a cosine")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     model = load_checkpoint(args.init) if args.init else new_model(preset(args.preset), seed=0)
     t0 = time.perf_counter()
     crop = tuple(int(v) for v in args.crop.split("x"))
-    history = train_vae(model, args.steps, args.batch, args.lr, args.seed, crop, chroma_weight=args.chroma_weight)
+    history = train_vae(
+        model, args.steps, args.batch, args.lr, args.seed, crop, chroma_weight=args.chroma_weight, cosine=args.cosine
+    )
     scale = latent_scale(model, args.seed)
     c = model.config
     model.config = dataclasses.replace(c, vae=dataclasses.replace(c.vae, scaling_factor=round(scale, 5)))

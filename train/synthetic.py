@@ -54,6 +54,12 @@ OCCLUDERS = ("arm", "hair", "bag")
 DEFAULT_SIZE = (256, 192)  # (H, W), VITON-HD's aspect ratio
 MIN_SIZE = (64, 48)
 DEFAULT_HARD_RATE = 0.25
+# How the photo is framed. "garment": around the garment, which spans GARMENT_FILL of the frame's
+# tighter side, as in VITON-HD (upper body) and DressCode (per-category crops), so the garment is a
+# third or more of the photo; "figure": the whole figure in the frame, the garment 5-13% of it.
+FRAMINGS = ("garment", "figure")
+DEFAULT_FRAMING = "garment"
+GARMENT_FILL = (0.6, 0.85)
 JPEG_QUALITY = 95
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in canonical units
@@ -717,7 +723,14 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
 
 
 def _fit(
-    rng: np.random.Generator, fig: Box, gar: Box, squeeze: float, h: int, w: int, defect: str | None
+    rng: np.random.Generator,
+    fig: Box,
+    gar: Box,
+    squeeze: float,
+    h: int,
+    w: int,
+    defect: str | None,
+    framing: str = DEFAULT_FRAMING,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Canonical (posed) -> pixel matrix. ``fig``/``gar`` are posed bboxes before the horizontal squeeze."""
     fx0, fy0, fx1, fy1 = fig[0] * squeeze, fig[1], fig[2] * squeeze, fig[3]
@@ -731,6 +744,14 @@ def _fit(
         tx = w / 2 - s * (gx0 + gx1) / 2
         ty = h / 2 - s * (gy0 + gy1) / 2
         info["proportion"] = "huge"
+        info["framing"] = "garment"
+    elif framing == "garment" and defect != "extreme_proportion":
+        fill = rng.uniform(*GARMENT_FILL)
+        s = fill * min((h - 2 * margin) / (gy1 - gy0), (w - 2 * margin) / (gx1 - gx0))
+        # the garment's box stays inside the frame; head, feet and hands may leave it, as in a crop
+        tx = margin - s * gx0 + rng.uniform(0, w - 2 * margin - s * (gx1 - gx0))
+        ty = margin - s * gy0 + rng.uniform(0, h - 2 * margin - s * (gy1 - gy0))
+        info["framing"] = "garment"
     else:
         if defect == "extreme_proportion":
             fill = rng.uniform(0.2, 0.25)
@@ -742,6 +763,7 @@ def _fit(
         s = fill * min((h - 2 * margin) / (fy1 - fy0), (w - 2 * margin) / (fx1 - fx0))
         tx = margin - s * fx0 + rng.uniform(0, w - 2 * margin - s * (fx1 - fx0))
         ty = margin - s * fy0 + rng.uniform(0, h - 2 * margin - s * (fy1 - fy0))
+        info["framing"] = "figure"
     if defect == "truncation":
         # push a border through the garment: 25-45% of its extent ends up outside the frame
         side = str(rng.choice(["left", "right", "top", "bottom"]))
@@ -789,6 +811,7 @@ def make_pair(
     category: str | None = None,
     defect: str | None = None,
     hard_rate: float = DEFAULT_HARD_RATE,
+    framing: str = DEFAULT_FRAMING,
 ) -> Pair:
     """Draw one person/mask/garment triple.
 
@@ -802,6 +825,8 @@ def make_pair(
         raise ValueError(f"unknown defect {defect!r}; expected one of {DEFECTS} or None")
     if not 0.0 <= hard_rate <= 1.0:
         raise ValueError(f"hard_rate must be in [0, 1], got {hard_rate!r}")
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown framing {framing!r}; expected one of {FRAMINGS}")
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
 
@@ -838,7 +863,7 @@ def make_pair(
     layers, occ_info = _figure_layers(rng, cat, pieces, pose, occluder)
     fig_box = _pieces_bbox([lay.posed_points() for lay in layers])
     gar_box = _pieces_bbox([lay.posed_points() for lay in layers if lay.shape == "garment"])
-    m_px, fit_info = _fit(rng, fig_box, gar_box, squeeze, h, w, defect)
+    m_px, fit_info = _fit(rng, fig_box, gar_box, squeeze, h, w, defect, framing)
 
     person_f, mask, whole, occluded = _render_person(layers, m_px, bg, tex, folds)
     grain = rng.standard_normal((h, w, 1), dtype=np.float32) * 2.0  # sensor noise, so flat areas aren't flat
@@ -891,7 +916,12 @@ def save_pair(pair: Pair, out_dir: str | Path, name: str) -> None:
 
 
 def generate(
-    out_dir: str | Path, count: int, seed: int, size: Sequence[int] = DEFAULT_SIZE, hard_rate: float = DEFAULT_HARD_RATE
+    out_dir: str | Path,
+    count: int,
+    seed: int,
+    size: Sequence[int] = DEFAULT_SIZE,
+    hard_rate: float = DEFAULT_HARD_RATE,
+    framing: str = DEFAULT_FRAMING,
 ) -> list[dict[str, Any]]:
     """Write ``count`` pairs to ``out_dir`` in VITON-HD's layout; returns the metadata records.
 
@@ -911,7 +941,7 @@ def generate(
     for i in range(count):
         name = pair_name(i)
         category = CATEGORIES[i % len(CATEGORIES)]
-        pair = make_pair(pair_seed(seed, i), (h, w), category=category, hard_rate=hard_rate)
+        pair = make_pair(pair_seed(seed, i), (h, w), category=category, hard_rate=hard_rate, framing=framing)
         save_pair(pair, out, name)
         records.append(
             {
@@ -962,6 +992,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_HARD_RATE,
         help=f"fraction of pairs with a planted defect (default {DEFAULT_HARD_RATE})",
     )
+    ap.add_argument(
+        "--framing",
+        choices=FRAMINGS,
+        default=DEFAULT_FRAMING,
+        help="garment: photo framed around the garment, as in VITON-HD (default); figure: the whole figure",
+    )
     args = ap.parse_args(argv)
     if args.count < 0:
         ap.error(f"--count must be >= 0, got {args.count}")
@@ -969,7 +1005,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"--seed must be >= 0, got {args.seed}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
-    records = generate(args.out, args.count, args.seed, args.size, args.hard_rate)
+    records = generate(args.out, args.count, args.seed, args.size, args.hard_rate, args.framing)
     dt = time.perf_counter() - t0
     counts = {d: sum(d in r["flags"] for r in records) for d in DEFECTS}
     per_pair = 1000 * dt / max(len(records), 1)

@@ -86,6 +86,7 @@ from train.datasets import DataError
 from train.loop import TrainError, TrainResult
 
 STAGES = ("coarse", "fine")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 FROM_SCRATCH = ("tiny", "small")
 
@@ -133,6 +134,12 @@ class TrainConfig:
     val_data: str | None = None  # validation pairs; default the test split, else pairs held out of --data
     keep_checkpoints: int = 3  # periodic step-* folders kept (0: all); final and state are always kept
     resume: bool = False
+    prediction_type: str | None = None  # default: the model config's (v_prediction for tiny/small)
+    guidance_scale: float | None = None  # the CFG scale stored in the model config (sampling default)
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (5 is the paper's); None: plain MSE
+    ema_decay: float | None = None  # EMA of the weights, stored in checkpoints and sampled from
+    thumbnail_weight: float | None = None  # weight of the training-only IP-token thumbnail loss (None: 0)
+    latent_cache: str | None = None  # folder of cached VAE latents (the VAE must be frozen)
 
     def __post_init__(self) -> None:
         def bad(option: str, why: str) -> None:
@@ -176,6 +183,18 @@ class TrainConfig:
                 bad(option, f"must be >= {least}, got {n}")
         if self.lr is not None and not self.lr > 0:
             bad("--lr", f"must be > 0, got {self.lr}")
+        if self.prediction_type not in (None, *PREDICTION_TYPES):
+            bad("--prediction-type", f"expected one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.guidance_scale is not None and not self.guidance_scale >= 1.0:
+            bad("--guidance-scale", f"must be >= 1, got {self.guidance_scale}")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            bad("--snr-gamma", f"must be > 0, got {self.snr_gamma}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            bad("--ema-decay", f"must be in (0, 1), got {self.ema_decay}")
+        if self.thumbnail_weight is not None and not self.thumbnail_weight >= 0:
+            bad("--thumbnail-weight", f"must be >= 0, got {self.thumbnail_weight}")
+        if self.latent_cache is not None and self.train_vae:
+            bad("--latent-cache", "cached latents need a frozen VAE; drop --train-vae or the cache")
         if self.cond_drop_prob is not None and not 0.0 <= self.cond_drop_prob <= 1.0:
             bad("--cond-drop-prob", f"must be in [0, 1], got {self.cond_drop_prob}")
         for option, lists in (("--subset", self.subset), ("--resize-list", self.resize_list)):
@@ -249,6 +268,12 @@ def parser() -> argparse.ArgumentParser:
     a("--val-data", default=None, help="validation data root (default: test split, else pairs held out)")
     a("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="periodic checkpoints kept (0: all)")
     a("--resume", action="store_true", help="continue from RUN/state when there is one")
+    a("--prediction-type", choices=PREDICTION_TYPES, default=None, help="default: the model config's")
+    a("--guidance-scale", type=float, default=None, help="CFG scale stored in the model (default: the config's)")
+    a("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting, e.g. 5 (default: off)")
+    a("--ema-decay", type=float, default=None, help="keep an EMA of the weights, e.g. 0.999 (default: off)")
+    a("--thumbnail-weight", type=float, default=None, help="IP-token thumbnail loss weight (default: 0, off)")
+    a("--latent-cache", default=None, help="folder for cached VAE latents of the pairs (frozen VAE only)")
     a("-q", "--quiet", action="store_true", help="warnings only")
     return ap
 

@@ -26,6 +26,7 @@ from igr_sdk._errors import InputError
 from igr_sdk._preprocess import MIN_SIDE, Prepared, fit, prepare
 from train.config import CATEGORIES, IGRConfig
 from train.datasets import DataError, PairDataset, Sample, open_dataset, read_name_list
+from train.objective import AUX_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,37 @@ def prepare_sample(sample: Sample, config: IGRConfig, where: str) -> tuple[Prepa
     return prep, target
 
 
+def thumbnail(target: np.ndarray) -> np.ndarray:
+    """(3, H, W) -> (3, 16, 12) box-filtered garment: the target of the training-only thumbnail head."""
+    c, h, w = target.shape
+    th, tw = AUX_SIZE
+    if h % th or w % tw:
+        return np.asarray(
+            torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(target)[None], AUX_SIZE)[0], dtype=np.float32
+        )
+    return target.reshape(c, th, h // th, tw, w // tw).mean(axis=(2, 4)).astype(np.float32)
+
+
 class TrainSet(Dataset):
-    """A PairDataset as dicts of tensors (``person``, ``mask``, ``garment_crop``, ``target``, ``category``)."""
+    """A PairDataset as dicts of tensors: ``mask``, ``garment_crop``, ``category``, ``thumbnail``, and
+    either the images ``person`` and ``target`` or, once :meth:`use_latents` is called, their
+    cached VAE latents ``person_latent`` and ``target_latent``."""
 
     def __init__(self, pairs: PairDataset, config: IGRConfig, reframe_names: Sequence[str] = ()):
         self.pairs = pairs
         self.config = config
         self.reframe_names = frozenset(reframe_names)
+        self.latents: dict[str, torch.Tensor] | None = None
+
+    def cache_key(self, index: int) -> str:
+        """The latent-cache entry of a pair: its name, and whether it is reframed (another photo)."""
+        name = self.pairs.names[index]
+        return f"{name}|{'reframed' if name in self.reframe_names else 'as-is'}"
+
+    def use_latents(self, latents: dict[str, torch.Tensor]) -> None:
+        """Serve ``person_latent``/``target_latent`` from ``latents`` (keys ``cache_key(i) + '|person'``
+        and ``'|target'``) instead of the images: a training step then never runs the VAE."""
+        self.latents = latents
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -98,13 +123,20 @@ class TrainSet(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         s = self.sample(index)
         prep, target = prepare_sample(s, self.config, str(self.pairs.root))
-        return {
-            "person": torch.from_numpy(prep.person),  # (3, H, W)
+        item = {
             "mask": torch.from_numpy(prep.mask),  # (1, h, w)
             "garment_crop": torch.from_numpy(prep.garment_crop),  # (3, 224, 224)
-            "target": torch.from_numpy(target),  # (3, H, W)
             "category": torch.tensor(CATEGORIES.index(s.category)),
+            "thumbnail": torch.from_numpy(thumbnail(target)),  # (3, 16, 12)
         }
+        if self.latents is None:
+            item["person"] = torch.from_numpy(prep.person)  # (3, H, W)
+            item["target"] = torch.from_numpy(target)  # (3, H, W)
+        else:
+            key = self.cache_key(index)
+            item["person_latent"] = self.latents[key + "|person"]  # (4, h, w)
+            item["target_latent"] = self.latents[key + "|target"]  # (4, h, w)
+        return item
 
 
 class StreamBatchSampler:
