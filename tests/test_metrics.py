@@ -54,7 +54,7 @@ def _structured_pair() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _synthetic_pair() -> tuple[np.ndarray, np.ndarray]:
-    p = make_pair(pair_seed(5, 0), (64, 48), category="upper", hard_rate=0.0)
+    p = make_pair(pair_seed(5, 0), (64, 48), category="upper", hard_rate=0.0, framing="figure")
     return p.person, p.garment
 
 
