@@ -71,3 +71,30 @@ def attach_latents(trainset: TrainSet, model: IGRModel, cache_dir: Path, batch: 
         os.replace(tmp, path)  # a run killed while writing keeps the previous, complete file
     trainset.use_latents(latents)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fill the cache ahead of runs that share it (e.g. a model and its ablations started together)."""
+    import argparse
+
+    from train.checkpoint import load_checkpoint
+    from train.traindata import Source, open_sources
+
+    ap = argparse.ArgumentParser(description="Encode the VAE latents of training pairs into a cache folder.")
+    ap.add_argument("--init", required=True, type=Path, help="checkpoint whose VAE encodes (the runs' --init)")
+    ap.add_argument("--data", required=True, type=Path, help="data root (VITON-HD layout)")
+    ap.add_argument("--subset", type=Path, help="name list: these pairs only")
+    ap.add_argument("--resize-list", type=Path, help="pairs to reframe, as the fine stage does")
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--cache", required=True, type=Path, help="cache folder (the runs' --latent-cache)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    model = load_checkpoint(args.init)
+    (pairs,), (frames,), _ = open_sources([Source(args.data, args.subset, args.resize_list)], args.split)
+    path = attach_latents(TrainSet(pairs, model.config, frames), model, args.cache)
+    log.info("cache %s holds %d pairs of %s", path, len(pairs), args.data)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
