@@ -21,6 +21,8 @@ import torch
 
 from export import onnx_export
 from export.graphs import GRAPHS, GraphSpec, example_inputs, module_for, specs
+from igr_sdk._errors import EngineError
+from igr_sdk._examples import FILE_KEYS, LISTING, parse_listing
 from igr_sdk._manifest import SCHEMA, sha256_file
 from train.checkpoint import PART_FILES, load_checkpoint, read_config, read_meta
 from train.config import CATEGORIES
@@ -117,14 +119,42 @@ def _file_entry(root: Path, files: list[Path]) -> dict:
     }
 
 
-def _still_valid(root: Path, entry: dict, key: str) -> bool:
-    if entry.get("key") != key:
+def _still_valid(root: Path, entry: dict, key: str | None) -> bool:
+    """The entry has this build key (None: any) and its files still match their hashes."""
+    if key is not None and entry.get("key") != key:
         return False
     for f in [entry, *entry.get("data", [])]:
         p = root / f["file"]
         if not p.is_file() or sha256_file(p) != f["sha256"]:
             return False
     return True
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out / "manifest.json")
+
+
+def register_examples(out: Path) -> dict:
+    """List ``examples/examples.json`` and every file it names, hashed, in ``out/manifest.json``.
+
+    Call after writing the examples beside a built engine directory; returns the manifest written.
+    """
+    manifest = json.loads((out / "manifest.json").read_text())
+    listing = out / LISTING
+    try:
+        entries = parse_listing(json.loads(listing.read_text()), manifest["categories"], str(listing))
+    except (OSError, ValueError, EngineError) as e:
+        raise BuildError(f"examples listing {listing}: {e}") from None
+    files = sorted({listing.parent / e[k] for e in entries for k in FILE_KEYS if e.get(k) is not None})
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise BuildError(f"{listing} names files that do not exist: {missing}")
+    manifest["examples"] = _file_entry(out, [listing, *files])
+    _write_manifest(out, manifest)
+    log.info("listed %d example files in %s", len(files) + 1, out / "manifest.json")
+    return manifest
 
 
 def _load_previous(out: Path) -> dict:
@@ -219,9 +249,9 @@ def build(o: BuildOptions) -> dict:
         },
         "tools": tools,
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(out / "manifest.json")
+    if isinstance(prev.get("examples"), dict) and _still_valid(out, prev["examples"], None):
+        manifest["examples"] = prev["examples"]  # bundled examples stay listed while unchanged
+    _write_manifest(out, manifest)
     log.info("engine directory %s ready in %.1f s", out, time.perf_counter() - t_all)
     return manifest
 

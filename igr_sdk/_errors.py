@@ -7,3 +7,7 @@ class InputError(ValueError):
 
 class EngineError(RuntimeError):
     """An engine directory, manifest or engine file is missing, foreign or tampered with."""
+
+
+class NonFiniteError(EngineError):
+    """A stage produced NaN or infinite values: an engine overflowed, or an option drove it out of range."""

@@ -7,6 +7,7 @@ the GPU between the denoiser's steps.
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 
@@ -46,13 +47,14 @@ class OnnxRuntimeBackend:
         dev = "cuda" if device is None and "CUDAExecutionProvider" in available else (device or "cpu")
         dev = str(dev)
         device_id = None
-        if dev.startswith("cuda"):
+        cuda = re.fullmatch(r"cuda(?::(\d+))?", dev.strip().lower())
+        if cuda:
             if "CUDAExecutionProvider" not in available:
                 raise EngineError(
                     "ONNX Runtime has no CUDA provider here: install 'igr-sdk[onnxruntime-gpu]' "
                     "(never together with onnxruntime), or use device='cpu'"
                 )
-            device_id = int(dev.partition(":")[2] or 0)
+            device_id = int(cuda.group(1) or 0)
             engine_id = "onnxruntime-cuda"
             providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
             if engine_id not in manifest.engine_ids() and device is None:

@@ -7,6 +7,7 @@ identical pixels and any difference between them comes from the model math alone
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import secrets
 import warnings
@@ -27,6 +28,8 @@ CLIP_SIZE = 224
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 ASPECT_TOLERANCE = 0.02
+MAX_GUIDANCE = 50.0  # far past any useful value (SD is used at 1-15); larger ones only overflow
+MAX_SEED = 2**64 - 1  # numpy's generators take any seed; this bound keeps seeds storable as uint64
 
 
 @dataclass(frozen=True)
@@ -57,43 +60,74 @@ def _per_person(x, n: int, what: str) -> list:
 
 
 def check_request(person, mask, category, guidance_scale: float, seed, categories: Sequence[str]) -> Request:
-    """Check a restore call's options (steps are checked by the scheduler); None seeds are drawn fresh."""
+    """Check a restore call's options (steps are checked by the scheduler); None seeds are drawn fresh.
+
+    Numbers may be Python or numpy scalars.
+    """
     persons = list(person) if isinstance(person, (list, tuple)) else [person]
     if not persons:
         raise InputError("no person image given")
     n = len(persons)
     cats = _per_person(category, n, "categories")
     for c in cats:
-        if c not in categories:
+        if not isinstance(c, str) or c not in categories:
             raise InputError(f"unknown category {c!r}; expected one of {tuple(categories)}")
-    if (
-        isinstance(guidance_scale, bool)
-        or not isinstance(guidance_scale, (int, float))
-        or not math.isfinite(guidance_scale)
-    ):
-        raise InputError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    check_guidance(guidance_scale)
     seeds = [secrets.randbits(63) for _ in range(n)] if seed is None else _per_person(seed, n, "seeds")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
-            raise InputError(f"seed must be a non-negative integer, got {s!r}")
-    return Request(persons, _per_person(mask, n, "masks"), cats, [int(s) for s in seeds])
+    return Request(persons, _per_person(mask, n, "masks"), cats, [check_seed(s) for s in seeds])
+
+
+def _is_integer(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def check_guidance(guidance_scale) -> float:
+    """A finite number in [0, MAX_GUIDANCE] (0: unconditional, 1: conditional only, above: guided)."""
+    g = guidance_scale
+    if isinstance(g, (bool, np.bool_)) or not isinstance(g, numbers.Real) or not math.isfinite(g):
+        raise InputError(f"guidance_scale must be a finite number, got {g!r}")
+    if not 0.0 <= g <= MAX_GUIDANCE:
+        raise InputError(f"guidance_scale must be between 0 and {MAX_GUIDANCE:g}, got {g!r}")
+    return float(g)
+
+
+def check_seed(seed) -> int:
+    if not _is_integer(seed) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    if seed > MAX_SEED:
+        raise InputError(f"seed must be at most 2**64 - 1, got {seed!r}")
+    return int(seed)
+
+
+def check_count(value, name: str, lo: int = 1, hi: int | None = None):
+    """An optional integer option (Python or numpy) inside [lo, hi]; None passes through."""
+    if value is None:
+        return None
+    if not _is_integer(value) or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise InputError(f"{name} must be an integer {bound}, got {value!r}")
+    return int(value)
 
 
 def _open(path: Path, what: str) -> Image.Image:
+    if path.is_dir():
+        raise InputError(f"{what}: {str(path)!r} is a directory, expected an image file")
     if not path.is_file():
         raise InputError(f"{what}: file {str(path)!r} does not exist")
     try:
         with warnings.catch_warnings():  # the size is checked below, from the header alone
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise InputError(f"{what}: {str(path)!r} is not a readable image ({e})") from None
+    except Exception as e:  # Pillow's format plugins raise many types for malformed headers
+        raise InputError(f"{what}: {str(path)!r} is not a readable image ({type(e).__name__}: {e})") from None
     _check_size(img.size, what)
     try:
         img.load()
         return ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
-        raise InputError(f"{what}: {str(path)!r} could not be decoded ({e})") from None
+    except Exception as e:  # truncated or corrupt data, malformed EXIF
+        raise InputError(f"{what}: {str(path)!r} could not be decoded ({type(e).__name__}: {e})") from None
 
 
 def _check_size(size: tuple[int, int], what: str) -> None:
@@ -109,7 +143,10 @@ def _pil(x: ImageLike, what: str) -> Image.Image | np.ndarray:
         return _open(Path(x), what)
     if isinstance(x, Image.Image):
         _check_size(x.size, what)
-        return ImageOps.exif_transpose(x)
+        try:
+            return ImageOps.exif_transpose(x)
+        except Exception as e:  # malformed EXIF
+            raise InputError(f"{what}: the image's EXIF orientation is unreadable ({type(e).__name__}: {e})") from None
     if isinstance(x, np.ndarray):
         if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] not in (1, 3, 4)):
             raise InputError(f"{what}: array of shape {x.shape} is not (H, W), (H, W, 3) or (H, W, 4)")
@@ -118,41 +155,118 @@ def _pil(x: ImageLike, what: str) -> Image.Image | np.ndarray:
     raise InputError(f"{what}: expected a path, a PIL image or a numpy array, got {type(x).__name__}")
 
 
+# --- PIL modes -------------------------------------------------------------------------------------
+# Modes of more than 8 bits per sample, read as grey levels with a full scale (see _deep_levels).
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _deep_levels(img: Image.Image, what: str) -> tuple[np.ndarray, float]:
+    """A 16-bit, 32-bit integer or float image -> (its values, the value of white).
+
+    ``I;16*`` is 16-bit. ``I`` (32-bit integers) is 8-bit when no value exceeds 255, else 16-bit.
+    ``F`` is [0, 1], [0, 255] or [0, 65535], the smallest range that holds every value, allowing
+    1% of overshoot (resampling filters ring) that is clipped.
+    """
+    arr = np.asarray(img).astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{what}: PIL mode {img.mode!r} image contains NaN or infinite values")
+    if img.mode.startswith("I;16"):
+        return arr, 65535.0
+    lo, hi = float(arr.min()), float(arr.max())
+    scales, slack = ((255.0, 65535.0), 0.0) if img.mode == "I" else ((1.0, 255.0, 65535.0), 0.01)
+    scale = next((s for s in scales if hi <= s * (1 + slack)), None)
+    if scale is None or lo < -slack * scale:
+        raise InputError(
+            f"{what}: PIL mode {img.mode!r} values span [{lo:g}, {hi:g}], expected grey levels in [0, {scales[-1]:g}]"
+        )
+    return np.clip(arr, 0.0, scale), scale
+
+
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    img = img.convert("RGBA")
+    bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    return Image.alpha_composite(bg, img)
+
+
+def _pil_to_rgb(img: Image.Image, what: str) -> np.ndarray:
+    """Any PIL mode -> (H, W, 3) uint8; transparency is composited onto white."""
+    if img.mode in DEEP_MODES:
+        levels, scale = _deep_levels(img, what)
+        grey = np.round(levels * (255.0 / scale)).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    try:
+        if img.mode == "La":  # premultiplied alpha: Pillow converts it to LA only
+            img = img.convert("LA")
+        if img.mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in img.info:
+            img = _composite_on_white(img)
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (ValueError, OSError) as e:
+        raise InputError(f"{what}: PIL mode {img.mode!r} cannot be converted to RGB ({e})") from None
+
+
+def _pil_levels(img: Image.Image, what: str) -> tuple[np.ndarray, float]:
+    """Any PIL mode -> (one grey level per pixel, the value of white), for masks."""
+    if img.mode in DEEP_MODES:
+        return _deep_levels(img, what)
+    try:
+        if img.mode == "La":
+            img = img.convert("LA")
+        try:
+            grey = img.convert("L")
+        except ValueError:  # LAB reaches grey through RGB only
+            grey = img.convert("RGB").convert("L")
+        return np.asarray(grey), 255.0
+    except (ValueError, OSError) as e:
+        raise InputError(f"{what}: PIL mode {img.mode!r} cannot be converted to a grey-level mask ({e})") from None
+
+
+# --- person and mask ------------------------------------------------------------------------------
+def _array_to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.dtype == np.uint16:
+        arr = np.round(arr * (255.0 / 65535.0)).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise InputError(f"{what}: array contains NaN or infinite values")
+        if arr.min() < 0.0 or arr.max() > 1.0:
+            raise InputError(f"{what}: float array values span [{arr.min():.3g}, {arr.max():.3g}], expected [0, 1]")
+        arr = np.round(arr * 255.0).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise InputError(f"{what}: array dtype {arr.dtype} is not uint8, uint16 or float")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    if arr.shape[2] == 4:
+        return _pil_to_rgb(Image.fromarray(np.ascontiguousarray(arr)), what)
+    return np.ascontiguousarray(arr)
+
+
 def load_rgb(x: ImageLike, what: str = "person image") -> np.ndarray:
-    """Any supported image -> (H, W, 3) uint8 RGB. RGBA is composited onto white."""
+    """Any supported image -> (H, W, 3) uint8 RGB. Transparency is composited onto white; 16-bit
+    and float images are scaled to 8 bits."""
     img = _pil(x, what)
     if isinstance(img, np.ndarray):
-        arr = img
-        if arr.dtype == np.uint8:
-            pass
-        elif np.issubdtype(arr.dtype, np.floating):
-            if not np.isfinite(arr).all():
-                raise InputError(f"{what}: array contains NaN or infinite values")
-            if arr.min() < 0.0 or arr.max() > 1.0:
-                raise InputError(f"{what}: float array values span [{arr.min():.3g}, {arr.max():.3g}], expected [0, 1]")
-            arr = np.round(arr * 255.0).astype(np.uint8)
-        else:
-            raise InputError(f"{what}: array dtype {arr.dtype} is not uint8 or float")
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if arr.shape[2] == 1:
-            arr = np.repeat(arr, 3, axis=2)
-        img = Image.fromarray(arr)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, img)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return _array_to_rgb(img, what)
+    return _pil_to_rgb(img, what)
+
+
+def _binary(arr: np.ndarray, white: float) -> np.ndarray:
+    """0/1 values are a 0/1 mask; otherwise garment is at least half of white."""
+    if np.isin(np.unique(arr), (0, 1)).all():
+        return arr == 1
+    return arr >= white / 2
 
 
 def load_mask(x: ImageLike, what: str = "mask") -> np.ndarray:
-    """An image (non-zero / >= 128 is garment) or a 0/1 array -> (H, W) bool."""
+    """An image (0/1 values, or at least half of white is garment) or a 0/1 array -> (H, W) bool."""
     img = _pil(x, what)
     if isinstance(img, Image.Image):
-        return np.asarray(img.convert("L")) >= 128
+        return _binary(*_pil_levels(img, what))
     arr = img[..., 0] if img.ndim == 3 else img
     if arr.dtype == bool:
         return arr.copy()
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(f"{what}: array dtype {arr.dtype} is not bool, integer or float")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise InputError(f"{what}: array contains NaN or infinite values")
     values = np.unique(arr)

@@ -23,9 +23,9 @@ from PIL import Image
 
 from igr_sdk import _scheduler as ddim
 from igr_sdk._backend import Backend, open_backend
-from igr_sdk._errors import EngineError
-from igr_sdk._manifest import Manifest, check_file, read_manifest
-from igr_sdk._preprocess import ImageLike, Prepared, check_request, prepare, to_image
+from igr_sdk._errors import EngineError, NonFiniteError
+from igr_sdk._manifest import Manifest, read_constants, read_manifest
+from igr_sdk._preprocess import ImageLike, Prepared, check_count, check_request, prepare, to_image
 
 STAGES = ("preprocess", "image_encoder", "vae_encoder", "garmnet", "denoiser", "vae_decoder", "postprocess")
 
@@ -85,12 +85,9 @@ class Restorer:
             from igr_sdk._default import default_engine_dir
 
             engine_dir = default_engine_dir()
+        threads = check_count(threads, "threads", 1, 1024)
         manifest = read_manifest(engine_dir)
-        c = manifest.raw["constants"]
-        path = manifest.resolve(c["file"])
-        check_file(path, c["sha256"])
-        with np.load(path, allow_pickle=False) as z:
-            constants = {k: z[k] for k in ("prompt_embeds", "uncond_ip_tokens")}
+        constants = read_constants(manifest)
         return cls(manifest, open_backend(manifest, backend, device, threads), constants)
 
     # --- public API -----------------------------------------------------------------------------
@@ -177,11 +174,13 @@ class Restorer:
                 "ip_tokens"
             ]
         )
+        require_finite(ip, "image_encoder", "ip_tokens")
         ip2 = np.concatenate([np.repeat(self._uncond_ip, b, axis=0), ip.astype(np.float32)])  # (2B, T_ip, C)
 
         # 3. person latent and the reference K/V cache (stays wherever the backend keeps it)
         person = np.stack([p.person for p in prepared])  # (B, 3, H, W)
         latent = timed("vae_encoder", "vae_encoder", {"image": cast("vae_encoder", "image", person)})["latent"]
+        require_finite(be.to_host(latent), "vae_encoder", "latent")
         mask = np.stack([p.mask for p in prepared])  # (B, 1, h, w)
         refs = timed(
             "garmnet",
@@ -209,6 +208,8 @@ class Restorer:
                 **fixed,
             }
             eps = be.to_host(timed("denoiser", "denoiser", feeds)["noise_pred"]).astype(np.float32)
+            if not np.isfinite(eps).all():
+                self._blame_nonfinite(eps, refs, f"step {i + 1}/{len(timesteps)} (timestep {int(t)})")
             x = ddim.ddim_step(
                 x,
                 ddim.guided(eps, guidance_scale),  # CFG on the model output (eps or v)
@@ -218,6 +219,9 @@ class Restorer:
                 self._final_alpha_bar,
                 self._prediction_type,
             )
+            require_finite(
+                x, "DDIM update", f"the latents after step {i + 1}/{len(timesteps)}", _guidance_hint(guidance_scale)
+            )
             if progress is not None:
                 progress(done + i + 1, total)
 
@@ -225,7 +229,29 @@ class Restorer:
         image = be.to_host(
             timed("vae_decoder", "vae_decoder", {"latent": cast("vae_decoder", "latent", x)})["image"]
         ).astype(np.float32)
+        require_finite(image, "vae_decoder", "image")
         t0 = time.perf_counter()
         out = [to_image(im) for im in image]
         timings["postprocess"] += time.perf_counter() - t0
         return out
+
+    def _blame_nonfinite(self, noise_pred: np.ndarray, refs: dict, where: str) -> None:
+        """Name the stage that produced the first NaN or infinity the denoiser returned."""
+        for name, ref in refs.items():
+            require_finite(self.backend.to_host(ref), "garmnet", name)
+        require_finite(noise_pred, "denoiser", f"noise_pred at {where}")
+
+
+def require_finite(x: np.ndarray, stage: str, what: str, hint: str = "") -> None:
+    """Raise ``NonFiniteError`` naming the stage unless every value of ``x`` is finite."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return
+    raise NonFiniteError(
+        f"{stage} produced {finite.size - int(finite.sum())} NaN or infinite values in {what} "
+        f"(of {finite.size}); expected finite numbers{hint or ': the engine overflowed (an fp16 engine may need fp32)'}"
+    )
+
+
+def _guidance_hint(guidance_scale: float) -> str:
+    return f": guidance_scale {guidance_scale:g} scales the prediction too far; try one near 1.5"

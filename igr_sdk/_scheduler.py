@@ -44,12 +44,24 @@ def ddim_timesteps(
     """The sampling timesteps, descending. 25 steps give 961, 921, ..., 41, 1."""
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
         raise InputError(f"steps must be an integer >= 1, got {steps!r}")
-    if steps > num_train_timesteps:
-        raise InputError(f"steps must be at most {num_train_timesteps}, got {steps}")
+    limit = max_steps(num_train_timesteps, steps_offset)
+    if steps > limit:
+        raise InputError(
+            f"steps must be at most {limit} for a {num_train_timesteps}-step schedule with steps_offset "
+            f"{steps_offset}, got {steps}"
+        )
     if timestep_spacing != "leading":
         raise ValueError(f"timestep_spacing {timestep_spacing!r} is not supported; expected 'leading'")
     ratio = num_train_timesteps // steps
     return (np.arange(steps, dtype=np.int64) * ratio)[::-1] + steps_offset
+
+
+def max_steps(num_train_timesteps: int = 1000, steps_offset: int = 1) -> int:
+    """The most steps whose "leading" timesteps, offset included, all lie inside the schedule."""
+    for n in range(num_train_timesteps, 0, -1):
+        if (n - 1) * (num_train_timesteps // n) + steps_offset < num_train_timesteps:
+            return n
+    return 0
 
 
 def check_prediction_type(prediction_type: str) -> str:

@@ -4,7 +4,8 @@
 
 Builds ONNX Runtime CPU engines (fp32, each checked against torch), copies only what the runtime
 reads (manifest, constants, the optimised engines) into igr_sdk/models/default/, and adds one
-held-out example per category (person, mask, ground-truth garment) under examples/.
+held-out example per category (person, mask, ground-truth garment) under examples/, listed and
+hashed in the manifest (its ``examples`` entry) like every other file the runtime reads.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
-    from export.build import BuildOptions, build
+    from export.build import BuildOptions, build, register_examples
     from train.datasets import open_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     (ex / "examples.json").write_text(json.dumps(listing, indent=2))
+    register_examples(args.out)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file()) / 1e6
     print(f"bundled {args.out} ({total:.1f} MB)")
     if total > LIMIT_MB:
