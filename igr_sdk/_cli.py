@@ -8,8 +8,15 @@ import time
 from pathlib import Path
 
 from igr_sdk._errors import EngineError, InputError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+from igr_sdk._outputs import (
+    check_writable_file,
+    files_in_folder,
+    is_image_path,
+    refuse_inside,
+    refuse_overwriting,
+    write_image,
+)
+from igr_sdk._preprocess import check_count, check_guidance, check_seed, load_rgb
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,14 +51,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _outputs(persons: list[Path], out: Path) -> list[Path]:
-    if len(persons) == 1 and out.suffix.lower() in IMAGE_SUFFIXES:
+    """Where each restored image goes; every path checked before any inference."""
+    if len(persons) == 1 and is_image_path(out):
+        check_writable_file(out)
         return [out]
-    if out.suffix.lower() in IMAGE_SUFFIXES:
+    if is_image_path(out):
         raise InputError(f"--out {str(out)!r} is one image but {len(persons)} persons were given; pass a folder")
-    names = [p.stem for p in persons]
-    if len(set(names)) != len(names):
+    names = [f"{p.stem}.png" for p in persons]
+    if len({n.lower() for n in names}) != len(names):
         raise InputError("persons share a file name; restore them in separate calls or rename them")
-    return [out / f"{n}.png" for n in names]
+    return files_in_folder(out, names)
+
+
+def _check_numbers(args) -> None:
+    """The numeric options, before the engines load (steps' upper bound depends on the engines)."""
+    check_count(args.steps, "--steps", 1)
+    check_guidance(args.guidance)
+    check_seed(args.seed)
 
 
 def _bar(quiet: bool):
@@ -72,37 +88,36 @@ def _bar(quiet: bool):
 
 def _examples(args, restorer_cls) -> int:
     """Restore the examples shipped beside the engines and write a side-by-side sheet."""
-    import json
-
     from PIL import Image
 
     from igr_sdk._default import default_engine_dir
+    from igr_sdk._examples import read_examples
+    from igr_sdk._manifest import read_manifest
 
     engines = args.engines or default_engine_dir()
-    listing = engines / "examples" / "examples.json"
-    if not listing.is_file():
-        raise InputError(f"{str(engines)!r} has no bundled examples (expected {listing})")
-    examples = json.loads(listing.read_text())
+    examples = read_examples(read_manifest(engines))
+    refuse_inside(args.out, engines, "the engine directory")
+    outs = files_in_folder(args.out, [*(f"{e.name}.png" for e in examples), "sheet.png"])
+    inputs = [p for e in examples for p in (e.person, e.mask, e.ground_truth) if p is not None]
+    refuse_overwriting(outs, inputs)
     restorer = restorer_cls.from_dir(engines, backend=args.backend, device=args.device)
-    folder = listing.parent
     result = restorer.restore(
-        [str(folder / e["person"]) for e in examples],
-        [str(folder / e["mask"]) for e in examples],
-        [e["category"] for e in examples],
+        [str(e.person) for e in examples],
+        [str(e.mask) for e in examples],
+        [e.category for e in examples],
         steps=args.steps,
         guidance_scale=args.guidance,
         seed=args.seed,
         progress=_bar(args.quiet),
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for e, img in zip(examples, result.images):
-        img.save(args.out / f"{e['name']}.png")
-        row = [Image.open(folder / e["person"]), img]
-        if e.get("ground_truth"):
-            row.append(Image.open(folder / e["ground_truth"]))
+    for e, img, path in zip(examples, result.images, outs):
+        write_image(img, path)
+        row = [Image.fromarray(load_rgb(e.person)), img]
+        if e.ground_truth is not None:
+            row.append(Image.fromarray(load_rgb(e.ground_truth, "ground truth")))
         rows.append(row)
-    sheet(rows, img.height).save(args.out / "sheet.png")
+    write_image(sheet(rows, img.height), outs[-1])
     if not args.quiet:
         print(
             f"wrote {len(examples)} garments and sheet.png (person | restored | ground truth) to {args.out} "
@@ -134,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from igr_sdk._restorer import Restorer
 
     try:
+        _check_numbers(args)
         if args.examples:
             return _examples(args, Restorer)
         if not args.persons:
@@ -143,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.category) not in (1, len(args.persons)):
             raise InputError(f"got {len(args.category)} categories for {len(args.persons)} persons")
         outs = _outputs(args.persons, args.out)
+        refuse_overwriting(outs, [*args.persons, *args.mask])
         restorer = Restorer.from_dir(args.engines, backend=args.backend, device=args.device)
         cats = args.category if len(args.category) > 1 else args.category[0]
         result = restorer.restore(
@@ -155,11 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             progress=_bar(args.quiet),
         )
         for img, path in zip(result.images, outs):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            img.save(path)
+            write_image(img, path)
     except (InputError, EngineError) as e:
         print(f"igr-restore: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a write that failed after the checks (disk full, a folder removed meanwhile)
+        print(f"igr-restore: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
     if not args.quiet:
         t = result.timings
         print(
