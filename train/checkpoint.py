@@ -14,8 +14,12 @@ Layout::
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +48,58 @@ def new_model(config: IGRConfig, seed: int = 0) -> IGRModel:
 
 
 def save_checkpoint(model: IGRModel, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint folder atomically: into a hidden temporary folder beside it, then renamed.
+
+    A process killed while saving leaves the previous folder (or none) and a hidden ``.NAME.tmp-*``
+    folder that the next save of NAME removes; never a folder that looks complete but is not.
+    """
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(model.config.to_json())
-    for name, module in model.parts().items():
-        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-        save_file(state, str(out / f"{name}.safetensors"))
-    save_file(
-        {"prompt_embeds": model.prompt_embeds.detach().contiguous().cpu()}, str(out / "prompt_embeds.safetensors")
-    )
-    (out / "meta.json").write_text(json.dumps(meta or {}, indent=2, default=str))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write_parts(model, tmp, meta)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     log.info("saved checkpoint %s", out)
     return out
+
+
+def _write_parts(model: IGRModel, folder: Path, meta: dict[str, Any] | None) -> None:
+    (folder / "config.json").write_text(model.config.to_json())
+    for name, module in model.parts().items():
+        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(state, str(folder / f"{name}.safetensors"))
+    save_file(
+        {"prompt_embeds": model.prompt_embeds.detach().contiguous().cpu()}, str(folder / "prompt_embeds.safetensors")
+    )
+    (folder / "meta.json").write_text(json.dumps(meta or {}, indent=2, default=str))
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; a previous ``out`` is moved aside first and removed after."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is None:
+        return
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Hidden folders of an earlier save of ``out`` that was killed."""
+    for p in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in out.parent.glob(f".{glob.escape(out.name)}.old-*"):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def read_config(path: str | Path) -> IGRConfig:

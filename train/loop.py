@@ -46,6 +46,7 @@ from train.latent_cache import attach_latents
 from train.model import IGRModel
 from train.objective import DiffusionObjective, draw, micro_batch_seed, set_trainable, trainable_parameters
 from train.pipeline import ReferencePipeline
+from train.state import read_state
 from train.traindata import Source, StreamBatchSampler, TrainSet, open_sources, prepare_sample, validation_pairs
 
 if TYPE_CHECKING:
@@ -269,7 +270,7 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
     cfg = absolute_paths(cfg)
     out = Path(cfg.out)
     state_dir = find_state(out)
-    saved = _read_json(state_dir / TRAINER_FILE) if state_dir is not None else None
+    saved = read_state(state_dir / TRAINER_FILE) if state_dir is not None else None
     if saved is not None and not cfg.resume:
         raise TrainError(
             f"{out} already holds the state of a run at step {saved['step']} ({state_dir}); "
