@@ -306,3 +306,27 @@ def test_rebuild_keeps_the_examples_entry(tiny_engines, tiny_checkpoint, tmp_pat
     assert build(BuildOptions(checkpoint=tiny_checkpoint, out=d))["examples"] == registered
     (d / "examples" / "a_person.jpg").write_bytes(b"changed")
     assert "examples" not in build(BuildOptions(checkpoint=tiny_checkpoint, out=d))
+
+
+def test_bundle_script_writes_hashed_examples(tiny_checkpoint, tmp_path, capsys):
+    """scripts/bundle_demo.py's bundle opens under the manifest validation and its examples verify."""
+    import importlib.util
+
+    from train.synthetic import generate
+
+    generate(tmp_path / "data", 6, seed=0, size=(64, 48), hard_rate=0.0)
+    spec = importlib.util.spec_from_file_location(
+        "bundle_demo", Path(__file__).parents[1] / "scripts" / "bundle_demo.py"
+    )
+    bundle_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle_demo)
+    out = tmp_path / "bundle"
+    args = ["--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "data"), "--out", str(out)]
+    assert bundle_demo.main(args) == 0
+    examples = read_examples(read_manifest(out))
+    assert sorted(e.category for e in examples) == ["full", "lower", "upper"]
+    listed = {e["file"] for e in read_manifest(out).raw["examples"]["data"]}
+    assert listed == {f"examples/{p.name}" for p in (out / "examples").iterdir() if p.name != "examples.json"}
+    capsys.readouterr()
+    rc = cli_main(["--examples", "--engines", str(out), "--out", str(tmp_path / "sheet"), "--steps", "1", "-q"])
+    assert rc == 0, capsys.readouterr().err
