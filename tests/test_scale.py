@@ -142,6 +142,9 @@ def test_plan_lists(tmp_path):
         ("p/a.jpg", "p/a_mask.png", 5, "upper"),
         ("p/b.jpg", "", 0, "upper"),
     ]
+    array = tmp_path / "list.json"
+    array.write_text(json.dumps([{"person": "p/a.jpg", "mask": "p/a_mask.png", "name": "extra keys are ignored"}]))
+    assert [r.input for r in plan(array, CATS).rows] == ["p/a.jpg"]
     (tmp_path / "nocol.csv").write_text("photo\nx.jpg\n")
     with pytest.raises(CatalogueError, match="person"):
         plan(tmp_path / "nocol.csv", CATS)

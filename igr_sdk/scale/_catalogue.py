@@ -34,8 +34,8 @@ DRESSCODE_DIRS: dict[str, str] = {"upper_body": "upper", "lower_body": "lower", 
 EXPECTED_INPUT = (
     "a VITON-HD folder (image/ with agnostic-mask/<stem>_mask.png or image-parse-v3/<stem>.png, "
     "or split folders holding those), a DressCode folder (upper_body/, lower_body/, dresses/ with "
-    "images/NNNNNN_0.jpg and masks/ or label_maps/NNNNNN_4.png), or a .csv / .jsonl list with the "
-    "columns person, mask, category, seed, output"
+    "images/NNNNNN_0.jpg and masks/ or label_maps/NNNNNN_4.png), or a .csv, .jsonl or .json list with "
+    "the columns person, mask, category, seed, output"
 )
 
 
@@ -277,7 +277,15 @@ def _list_records(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
                         yield i, ValueError(f"line {reader.line_num} has more fields than the header")
                         continue
                     yield i, {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in rec.items() if k}
+            elif f.read(4096).lstrip().startswith("["):  # a .json file holding one array of objects
+                f.seek(0)
+                try:
+                    records = json.load(f)
+                except ValueError as e:
+                    raise CatalogueError(f"{str(path)!r} is not a JSON array of objects ({e})") from None
+                yield from enumerate(records, start=1)
             else:
+                f.seek(0)
                 for i, line in enumerate(f, start=1):
                     if not line.strip():
                         continue

@@ -201,7 +201,19 @@ def serve_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
-        if started:
-            _ray.require("ray").shutdown()
+        _shutdown(serve, started)
     return 0
+
+
+def _shutdown(serve, started_ray: bool) -> None:
+    """Stop Serve, then a Ray this command started; a cluster that is already going down is no error."""
+    from igr_sdk.scale import _ray
+
+    steps = [("Serve", serve.shutdown)]
+    if started_ray:
+        steps.append(("Ray", _ray.require("ray").shutdown))
+    for name, stop in steps:
+        try:
+            stop()
+        except Exception as e:  # e.g. the whole process group was signalled and Ray's processes are gone
+            logging.getLogger(__name__).warning("%s did not shut down cleanly: %s", name, e)

@@ -14,15 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from igr_sdk import _errors
-from igr_sdk._errors import InputError
+from igr_sdk._errors import InputError, NonFiniteError
 from igr_sdk._preprocess import load_mask, load_rgb, prepare
 from igr_sdk.scale._images import label_mask
 
 log = logging.getLogger(__name__)
 
 # Errors caused by one row's inputs; anything else (a broken engine, a lost device) stops the job.
-NonFiniteError = getattr(_errors, "NonFiniteError", InputError)
 ROW_ERRORS = (InputError, NonFiniteError)
 
 
