@@ -50,6 +50,20 @@ TEXTURES = ("solid", "stripes", "checks", "dots", "gradient", "blocks")
 DECALS = ("none", "text", "logo")
 BACKGROUNDS = ("plain", "gradient", "noise", "room", "stripes")
 OCCLUDERS = ("arm", "hair", "bag")
+# The parts of a label map (``make_pair(..., labels=True)``), in label order: what a human parser
+# learns to tell apart. The target garment takes its category's label; the clothes the figure wears
+# besides it (plain trousers or top, shoes) are "other_clothing"; a bag is an "occluder".
+PARTS = (
+    "background",
+    "skin",
+    "hair",
+    "upper_garment",
+    "lower_garment",
+    "full_garment",
+    "other_clothing",
+    "occluder",
+)
+GARMENT_PARTS = {"upper": "upper_garment", "lower": "lower_garment", "full": "full_garment"}
 
 DEFAULT_SIZE = (256, 192)  # (H, W), VITON-HD's aspect ratio
 MIN_SIZE = (64, 48)
@@ -104,6 +118,7 @@ class Pair:
     category: str  # one of CATEGORIES
     flags: tuple[str, ...]  # planted defects, a subset of DEFECTS (at most one)
     meta: dict[str, Any]
+    labels: np.ndarray | None = None  # (H, W) uint8 indices into PARTS, when asked for
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,6 +490,7 @@ class _Layer:
     piece: _Piece | None = None
     pose: np.ndarray | None = None  # garment: flat -> posed canonical (3x3)
     occluder: bool = False
+    part: str = "background"  # one of PARTS for the label map; a garment layer takes its category's
 
     def posed_points(self) -> np.ndarray:
         if self.shape == "ellipse":
@@ -512,11 +528,18 @@ def _figure_layers(
     shoes = np.array(rng.integers(10, 120, 3), np.float32)
     info: dict[str, Any] = {}
 
+    # a layer's part follows from its paint: skin, hair and the other clothes each have one colour
+    # per figure; anything else is skin when part of the figure (the eyes) and an occluder otherwise
+    paints = {id(skin): "skin", id(hair): "hair", id(other): "other_clothing", id(shoes): "other_clothing"}
+
+    def part(c: np.ndarray, occ: bool) -> str:
+        return paints.get(id(c), "occluder" if occ else "skin")
+
     def poly(p: np.ndarray, c: np.ndarray, occ: bool = False) -> _Layer:
-        return _Layer("poly", np.asarray(p, float), colour=c, occluder=occ)
+        return _Layer("poly", np.asarray(p, float), colour=c, occluder=occ, part=part(c, occ))
 
     def ellipse(cx: float, cy: float, rx: float, ry: float, c: np.ndarray, occ: bool = False) -> _Layer:
-        return _Layer("ellipse", np.array([cx, cy, rx, ry]), colour=c, occluder=occ)
+        return _Layer("ellipse", np.array([cx, cy, rx, ry]), colour=c, occluder=occ, part=part(c, occ))
 
     limb_pieces = {(p.kind, p.side): p for p in pieces if p.kind != "torso"}
 
@@ -695,6 +718,15 @@ def _render_person(
     return canvas, visible, whole, occluder_on_top
 
 
+def _render_labels(layers: list[_Layer], m_px: np.ndarray, h: int, w: int, category: str) -> np.ndarray:
+    """The label map: for every pixel, the PARTS index of the top layer there, (H, W) uint8."""
+    labels = np.zeros((h, w), dtype=np.uint8)
+    for layer in layers:
+        part = GARMENT_PARTS[category] if layer.shape == "garment" else layer.part
+        labels[_raster(layer, m_px, h, w)] = PARTS.index(part)
+    return labels
+
+
 def _render_flat(pieces: list[_Piece], tex: _Texture, h: int, w: int) -> np.ndarray:
     """The ground truth: flat garment, front view, centred on white, (H, W, 3) uint8."""
     x0, y0, x1, y1 = _pieces_bbox([p.poly for p in pieces])
@@ -812,11 +844,14 @@ def make_pair(
     defect: str | None = None,
     hard_rate: float = DEFAULT_HARD_RATE,
     framing: str = DEFAULT_FRAMING,
+    labels: bool = False,
 ) -> Pair:
     """Draw one person/mask/garment triple.
 
     ``category`` and ``defect`` force those choices (``defect`` one of DEFECTS); left as None they are
-    drawn from ``rng``, a defect with probability ``hard_rate``. ``size`` is (H, W).
+    drawn from ``rng``, a defect with probability ``hard_rate``. ``size`` is (H, W). ``labels`` adds
+    the label map (``Pair.labels``, indices into PARTS); it draws nothing from ``rng``, so the rest
+    of the pair is the same with or without it.
     """
     h, w = _check_size(size)
     if category is not None and category not in CATEGORIES:
@@ -887,7 +922,10 @@ def make_pair(
         **occ_info,
     }
     flags = (defect,) if defect else ()
-    return Pair(person=person, mask=mask, garment=garment, category=cat, flags=flags, meta=_round(meta))
+    label_map = _render_labels(layers, m_px, h, w, cat) if labels else None
+    return Pair(
+        person=person, mask=mask, garment=garment, category=cat, flags=flags, meta=_round(meta), labels=label_map
+    )
 
 
 def _round(x: Any) -> Any:
