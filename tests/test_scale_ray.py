@@ -189,3 +189,25 @@ def test_service_refuses_bad_requests_with_4xx(service):
         assert reply.status_code == status, (status, reply.text)
         assert word in reply.json()["error"], reply.text
         assert "Traceback" not in reply.text
+
+
+def test_app_options_pass_through():
+    scaled = build_app(autoscaling={"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2})
+    config = scaled._bound_deployment._deployment_config
+    assert (config.autoscaling_config.max_replicas, config.max_ongoing_requests) == (3, 8)
+    fixed = build_app(replicas=2, replica_cpus=0.5, replica_gpus=1, max_ongoing_requests=4)
+    assert fixed._bound_deployment.num_replicas == 2
+    assert fixed._bound_deployment.ray_actor_options == {"num_cpus": 0.5, "num_gpus": 1}
+    with pytest.raises(ValueError, match="max_replicas"):
+        build_app(autoscaling={"min_replicas": 2, "max_replicas": 1})
+
+
+def test_a_pool_that_cannot_fit_is_refused_on_a_local_ray(local_ray, caplog):
+    from igr_sdk import InputError
+    from igr_sdk.scale import _ray
+
+    _ray.check_fits("the restore actors", 2, 0.5, 0.0, 0.25, local=True)
+    with pytest.raises(InputError, match=r"need 3.25 CPUs \(3 x 1 \+ 0.25 for reading\) and 3 GPUs"):
+        _ray.check_fits("the restore actors", 3, 1.0, 1.0, 0.25, local=True)
+    _ray.check_fits("the replicas", 3, 1.0, 0.0, 0.0, local=False)
+    assert "waiting for the cluster to grow" in caplog.text

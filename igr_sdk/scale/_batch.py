@@ -244,6 +244,7 @@ def restore_catalogue(
         started = _ray.connect(address, num_cpus=num_cpus)
         try:
             gpus = actor_gpus if actor_gpus is not None else (1.0 if _ray.cluster_gpus() > 0 else 0.0)
+            _ray.check_fits("the restore actors", actors, actor_cpus, gpus, read_cpus, local=started and not address)
             pool = {"actors": actors, "actor_cpus": actor_cpus, "actor_gpus": gpus, "read_cpus": read_cpus}
             restored, failed = _run(catalogue.rows, done, opts, worker, pool, batch, f, on_record)
         finally:

@@ -177,6 +177,10 @@ def serve_main(argv: list[str] | None = None) -> int:
         )
         started = _ray.connect(args.address, num_cpus=args.num_cpus)
         gpus = args.replica_gpus if args.replica_gpus is not None else (1.0 if _ray.cluster_gpus() > 0 else 0.0)
+        if not args.autoscaling:
+            _ray.check_fits(
+                "the replicas", args.replicas, args.replica_cpus, gpus, 0.0, local=started and not args.address
+            )
         app = build_app(
             args.engines,
             backend=args.backend,

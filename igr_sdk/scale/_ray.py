@@ -43,3 +43,28 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
 def cluster_gpus() -> float:
     """GPUs the connected cluster has in all (0 without any)."""
     return float(require("ray").cluster_resources().get("GPU", 0.0))
+
+
+def check_fits(what: str, workers: int, cpus: float, gpus: float, extra_cpus: float, local: bool) -> None:
+    """Refuse a pool that a local Ray can never schedule (it would wait forever); warn on a cluster,
+    whose autoscaler may add nodes."""
+    have = require("ray").cluster_resources()
+    need_cpus, need_gpus = workers * cpus + extra_cpus, workers * gpus
+    short = []
+    if need_cpus > have.get("CPU", 0.0) + 1e-9:
+        short.append(
+            f"{need_cpus:g} CPUs ({workers} x {cpus:g}{f' + {extra_cpus:g} for reading' if extra_cpus else ''})"
+        )
+    if need_gpus > have.get("GPU", 0.0) + 1e-9:
+        short.append(f"{need_gpus:g} GPUs ({workers} x {gpus:g})")
+    if not short:
+        return
+    message = (
+        f"{what} need {' and '.join(short)} but the Ray cluster has {have.get('CPU', 0.0):g} CPUs and "
+        f"{have.get('GPU', 0.0):g} GPUs; use fewer workers or fewer resources each (or a larger local Ray)"
+    )
+    if local:
+        from igr_sdk._errors import InputError
+
+        raise InputError(message)
+    log.warning("%s; waiting for the cluster to grow", message)
