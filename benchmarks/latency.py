@@ -1,9 +1,22 @@
-"""Latency per stage and end to end of IGR's torch reference pipeline (and, later, the SDK).
+"""Latency per stage and end to end of IGR's torch reference pipeline and of the SDK.
 
 Every measured thing is a *system*: named per-stage callables plus one end-to-end callable, built
 by a function in ``SYSTEMS``. The torch reference pipeline registers one system per form
 (``naive``, ``cached``, ``per_step_garmnet``); ``--engines DIR`` adds ``sdk``, igr_sdk's
-``Restorer`` over an engine folder, whose ``restore`` reports its own per-stage ``timings``.
+``Restorer`` over an engine folder (fp32), and ``--engines-int8 DIR`` adds ``sdk_int8`` over the
+folder of ``build_engines.py --precision int8``; the SDK's ``restore`` reports its own per-stage
+``timings``. ``--threads 1,2`` measures every system at each thread count (torch intra-op threads
+and the SDK's ``threads``), one after the other in one run.
+
+The CPU comparison of issue 13 (SDK int8 vs SDK fp32 vs torch naive and cached, small preset),
+engines built from the same checkpoint the torch systems load::
+
+    python export/build_engines.py --checkpoint CKPT --out engines/small-fp32
+    python export/build_engines.py --checkpoint CKPT --out engines/small-int8 --precision int8
+    python benchmarks/latency.py --checkpoint CKPT --systems naive,cached --threads 1,2 \
+        --engines engines/small-fp32 --engines-int8 engines/small-int8 --json latency_int8.json
+
+(``bash benchmarks/int8_cpu.sh CKPT`` runs these three.)
 
 Stages (B requests at the config's resolution, synthetic person + rectangular garment mask):
   preprocess     ReferencePipeline.prepare (resize, pad, crop; numpy)
@@ -30,6 +43,7 @@ intra-op threads stall badly: ``--threads 1`` gives steadier numbers there.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -92,6 +106,17 @@ def random_conditions(
     )
 
 
+def graph_flops(config: IGRConfig, batch: int, form: str) -> dict[str, float]:
+    """``flops.flops``, counted once per (config, batch, form): counting runs the model, and every
+    thread count and SDK system asks again."""
+    return dict(_counted_flops(config, batch, form))
+
+
+@functools.cache
+def _counted_flops(config: IGRConfig, batch: int, form: str) -> dict[str, float]:
+    return fl.flops(config, batch, form)
+
+
 # --- systems -----------------------------------------------------------------------------------------
 @dataclass
 class Setup:
@@ -110,6 +135,7 @@ class Setup:
     model: IGRModel | None = None
     engines: Path | None = None
     backend: str = "onnxruntime"
+    engines_int8: Path | None = None
 
 
 @dataclass
@@ -170,7 +196,7 @@ def torch_system(setup: Setup, form: str) -> System:
     def e2e():
         ref.restore(setup.persons, setup.masks, setup.categories, setup.steps, setup.guidance, setup.seeds, form)
 
-    g = fl.flops(setup.config, setup.batch, form)
+    g = graph_flops(setup.config, setup.batch, form)
     stage_flops = {
         "image_encoder": g["image_encoder"],
         "vae_encoder": g["vae_encoder"],
@@ -186,18 +212,19 @@ for _form in FORMS:
     register(_form)(lambda setup, f=_form: torch_system(setup, f))
 
 
-def sdk_system(setup: Setup) -> System:
+def sdk_system(setup: Setup, engines: Path | None = None, name: str = "sdk", option: str = "--engines") -> System:
     try:
         from igr_sdk import Restorer
     except ImportError:
         raise Skipped("igr_sdk.Restorer not available") from None
-    if setup.engines is None:
-        raise Skipped("no --engines DIR given")
+    engines = setup.engines if engines is None and name == "sdk" else engines
+    if engines is None:
+        raise Skipped(f"no {option} DIR given")
     try:
         # the same intra-op thread count as torch, so the two are compared on equal cores
-        restorer = Restorer.from_dir(setup.engines, backend=setup.backend, threads=torch.get_num_threads())
+        restorer = Restorer.from_dir(engines, backend=setup.backend, threads=torch.get_num_threads())
     except Exception as e:  # a missing backend or a bad engine folder must not end the other measurements
-        raise Skipped(f"Restorer.from_dir({str(setup.engines)!r}) failed: {e}") from None
+        raise Skipped(f"Restorer.from_dir({str(engines)!r}) failed: {e}") from None
     many = setup.batch > 1
     person = setup.persons if many else setup.persons[0]
     mask = setup.masks if many else setup.masks[0]
@@ -214,14 +241,31 @@ def sdk_system(setup: Setup) -> System:
     # The engines implement the cached form at the resolution they were built for.
     res = getattr(getattr(restorer, "manifest", None), "resolution", None)
     config = setup.config.with_resolution(*res) if res else setup.config
-    g = fl.flops(config, setup.batch, "cached")
+    g = graph_flops(config, setup.batch, "cached")
     reported = {k: g[k] for k in ("image_encoder", "vae_encoder", "garmnet", "vae_decoder")}
     reported.update(denoiser=setup.steps * g["denoiser"], denoiser_step=g["denoiser"])
     total = fl.combine(g, setup.steps, "cached")["total"]
-    return System("sdk", {}, e2e, {}, total, reported, note=f"igr_sdk Restorer, backend {setup.backend}")
+    note = (
+        f"igr_sdk Restorer, backend {getattr(restorer.backend, 'name', setup.backend)}, {engine_precisions(restorer)}"
+    )
+    return System(name, {}, e2e, {}, total, reported, note=note)
+
+
+def engine_precisions(restorer) -> str:
+    """'fp32' when every graph runs in one precision, else 'precision: graph int8, ...' per graph."""
+    backend = getattr(restorer, "backend", None)
+    raw = getattr(getattr(restorer, "manifest", None), "raw", {})
+    per_graph = {}
+    for g, v in raw.get("graphs", {}).items():
+        e = v.get("engines", {}).get(getattr(backend, "name", ""), {})
+        per_graph[g] = e.get("precision", "?")
+    if len(set(per_graph.values())) == 1:
+        return next(iter(per_graph.values()))
+    return "precision: " + ", ".join(f"{g} {p}" for g, p in per_graph.items())
 
 
 register("sdk")(sdk_system)
+register("sdk_int8")(lambda setup: sdk_system(setup, setup.engines_int8, "sdk_int8", "--engines-int8"))
 
 
 # --- measuring ---------------------------------------------------------------------------------------
@@ -437,6 +481,16 @@ def build_model(args, config: IGRConfig, device: torch.device, dtype: torch.dtyp
     return model.to(device, dtype).eval()
 
 
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads {text!r}: expected positive integers, e.g. 1 or 1,2") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"--threads {text!r}: expected positive integers, e.g. 1 or 1,2")
+    return counts
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small")
@@ -448,12 +502,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=_thread_counts,
+        help="intra-op threads of torch and the SDK; a comma-separated list (1,2) measures each in turn "
+        "(default: torch's choice)",
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--systems", default=",".join(FORMS), help=f"comma-separated, of {sorted(SYSTEMS)}")
     p.add_argument("--baseline", default="naive")
     p.add_argument("--engines", type=Path, help="engine folder: adds the igr_sdk system")
+    p.add_argument("--engines-int8", type=Path, help="int8 engine folder (--precision int8): adds sdk_int8")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--json", type=Path, help="write all results here")
     a = p.parse_args(argv)
@@ -463,14 +523,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Measure; returns ``{"meta", "runs": [{"threads", "systems", "skipped"}, ...]}`` (one run per
+    thread count, all systems side by side in each)."""
     a = parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    counts = a.threads or [torch.get_num_threads()]
+    torch.set_num_threads(counts[0])
     device, dtype = torch.device(a.device), DTYPES[a.dtype]
     config = resolve_config(a)
     names = [n.strip() for n in a.systems.split(",") if n.strip()]
-    if a.engines and "sdk" not in names:
-        names.append("sdk")
+    for option, name in ((a.engines, "sdk"), (a.engines_int8, "sdk_int8")):
+        if option and name not in names:
+            names.append(name)
     # sd15 in fp32 is gigabytes: build the torch model only when a torch system will use it.
     model = build_model(a, config, device, dtype) if set(names) & set(FORMS) else None
     persons, masks = zip(*(synthetic_request(config, seed=i) for i in range(a.batch)))
@@ -488,19 +551,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model=model,
         engines=a.engines,
         backend=a.backend,
+        engines_int8=a.engines_int8,
     )
-    systems: list[System] = []
-    skipped: dict[str, str] = {}
-    for name in names:
-        if name not in SYSTEMS:
-            skipped[name] = f"unknown system; expected one of {sorted(SYSTEMS)}"
-            continue
-        try:
-            systems.append(SYSTEMS[name](setup))
-        except Skipped as e:
-            skipped[name] = str(e)
-    results = measure(systems, a.repeats, a.warmup, device)
-    add_ratios(results, a.baseline)
     peak = card_peak_tflops(device)
     meta = {
         "preset": config.name,
@@ -514,18 +566,75 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if device.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()})",
         "dtype": a.dtype,
-        "threads": torch.get_num_threads(),
+        "threads": counts,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "baseline": a.baseline,
         "checkpoint": str(a.checkpoint) if a.checkpoint else None,
         "peak_tflops": peak,
     }
-    report = {"meta": meta, "systems": results, "skipped": skipped}
-    print(markdown(results, meta, skipped))
+    runs = []
+    for threads in counts:
+        torch.set_num_threads(threads)  # the SDK systems open their sessions with this count too
+        results, skipped = run_systems(setup, names, a.repeats, a.warmup, a.baseline)
+        runs.append({"threads": threads, "systems": results, "skipped": skipped})
+        print(markdown(results, {**meta, "threads": threads}, skipped), end="\n\n", flush=True)
+    if len(runs) > 1 or len(names) > 1:
+        print(summary_markdown(runs, a.baseline))
+    report = {"meta": meta, "runs": runs}
     if a.json:
         a.json.write_text(json.dumps(report, indent=2))
     return report
+
+
+def run_systems(
+    setup: Setup, names: list[str], repeats: int, warmup: int, baseline: str
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Build every named system (at the current thread count), measure them side by side."""
+    systems: list[System] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        if name not in SYSTEMS:
+            skipped[name] = f"unknown system; expected one of {sorted(SYSTEMS)}"
+            continue
+        try:
+            systems.append(SYSTEMS[name](setup))
+        except Skipped as e:
+            skipped[name] = str(e)
+    results = measure(systems, repeats, warmup, setup.device)
+    add_ratios(results, baseline)
+    return results, skipped
+
+
+def _stage_median(r: dict[str, Any], stage: str) -> float | None:
+    s = r["stages"].get(stage) or r.get("reported", {}).get(stage)
+    return s["median_s"] if s else None
+
+
+def summary_markdown(runs: list[dict[str, Any]], baseline: str) -> str:
+    """One row per (threads, system): end to end and every stage, median ms, and the end-to-end speedup."""
+    stages = [s for s in STAGES if s != "preprocess"]
+    lines = [
+        "## Side by side (median ms; speedup = end to end of " + baseline + " / end to end, same thread count)",
+        "",
+        "| threads | system | end to end | speedup | " + " | ".join(stages) + " |",
+        "|---:|---|---:|---:|" + "---:|" * len(stages),
+    ]
+    for run in runs:
+        for name, r in run["systems"].items():
+            cells = []
+            for st in stages:
+                m = _stage_median(r, st)
+                cells.append(_ms(m) if m is not None else "")
+            sp = r["end_to_end"].get("speedup")
+            lines.append(
+                f"| {run['threads']} | {name} | {_ms(r['end_to_end']['median_s'])} | "
+                + (f"{sp:.2f}x" if sp else "")
+                + " | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

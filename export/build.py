@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from igr_sdk._examples import FILE_KEYS, LISTING, parse_listing
 from igr_sdk._manifest import SCHEMA, sha256_file
 from train.checkpoint import PART_FILES, load_checkpoint, read_config, read_meta
 from train.config import CATEGORIES
+
+if TYPE_CHECKING:
+    from export.quantize import Int8Options
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ class BuildOptions:
     trt_opt_level: int = 3
     timing_cache: Path | None = None
     tolerance: float = 1e-4  # fp32 parity, relative to each output's largest magnitude (plus the same atol)
+    int8: Int8Options | None = None  # precision int8: calibration and acceptance (None: export.quantize's defaults)
 
 
 def _versions(backend: str) -> dict[str, str]:
@@ -78,8 +83,17 @@ def _check_options(o: BuildOptions) -> tuple[int, int, str]:
     if o.batch < 1:
         raise BuildError(f"batch must be >= 1, got {o.batch}")
     precision = o.precision or ("fp16" if o.backend == "tensorrt" else "fp32")
-    if precision not in ("fp32", "fp16"):
-        raise BuildError(f"unknown precision {precision!r}; expected fp16 or fp32")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise BuildError(f"unknown precision {precision!r}; expected fp16, fp32 or int8")
+    if precision == "int8" and (o.backend, o.device) != ("onnxruntime", "cpu"):
+        raise BuildError(
+            f"int8 engines are for ONNX Runtime on the CPU (--backend onnxruntime --device cpu); "
+            f"got --backend {o.backend} --device {o.device}"
+        )
+    if precision == "int8":
+        from export.quantize import preflight
+
+        preflight(o.int8)
     return h, w, precision
 
 
@@ -192,6 +206,7 @@ def build(o: BuildOptions) -> dict:
 
     half = None
     t_all = time.perf_counter()
+    int8, precision = precision == "int8", "fp32" if precision == "int8" else precision  # int8 starts from fp32
     for i, g in enumerate(GRAPHS, 1):
         spec = spec_all[g]
         key = _key(
@@ -206,6 +221,10 @@ def build(o: BuildOptions) -> dict:
             info=engine_info,
         )
         old = prev_graphs.get(g, {}).get("engines", {}).get(engine_id)
+        if old and old.get("precision") == "int8":
+            old = old.get("fp32")  # an int8 engine keeps the fp32 engine it was quantised from
+        if old:
+            old = {k: v for k, v in old.items() if k != "quantization"}  # the int8 stage's, decided anew
         if old and _still_valid(out, old, key):
             graphs[g]["engines"][engine_id] = old
             log.info("[%d/%d] %s: up to date, kept", i, len(GRAPHS), g)
@@ -249,6 +268,10 @@ def build(o: BuildOptions) -> dict:
         },
         "tools": tools,
     }
+    if int8:
+        from export.quantize import quantize_engines
+
+        quantize_engines(manifest, out, model, o, prev)
     if isinstance(prev.get("examples"), dict) and _still_valid(out, prev["examples"], None):
         manifest["examples"] = prev["examples"]  # bundled examples stay listed while unchanged
     _write_manifest(out, manifest)

@@ -79,7 +79,14 @@ class Restorer:
 
         backend: "auto" (TensorRT when its plans match this GPU, else ONNX Runtime), "onnxruntime"
         or "tensorrt". device: "cpu", "cuda" or "cuda:N" for ONNX Runtime, a GPU index for TensorRT.
-        threads: ONNX Runtime's intra-op threads (default: one per physical core).
+        threads: ONNX Runtime's intra-op threads (default: one per physical core). A request runs
+        its graphs one after another, so ``threads`` is the number of cores one request uses. One
+        request at a time: threads = the physical cores, for the lowest latency. R requests at a
+        time on C physical cores: R workers, each its own Restorer (a process, or a thread with its
+        own Restorer; calls sharing one Restorer share its thread pool) with threads = C // R, so
+        that R x threads <= C; past 2-4 threads a small graph gains little per request, so more
+        workers with fewer threads serve more requests per second. Keep other thread pools
+        (torch, OMP_NUM_THREADS) off those cores. fp32 and int8 engines split the same way.
         """
         if engine_dir is None:
             from igr_sdk._default import default_engine_dir

@@ -1,0 +1,190 @@
+"""INT8 engines (export/quantize.py): QDQ graphs where measurement allows, fp32 elsewhere, a manifest
+that says why, and a runtime that runs them unchanged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+
+import numpy as np
+import onnx
+import pytest
+
+from benchmarks.metrics import psnr, ssim
+from export.build import BuildError, BuildOptions, build
+from export.build_engines import main as build_main
+from export.graphs import GRAPHS
+from export.quantize import Int8Limits, Int8Options, pairs_sha256, synthetic_pairs
+from igr_sdk import Restorer
+from igr_sdk._manifest import read_manifest, sha256_file
+
+CANDIDATES = ("garmnet", "denoiser", "vae_decoder")
+# random tiny weights quantise worse than a trained model: looser output-error limits, the stated image limits
+LIMITS = Int8Limits(max_rel_rms=0.3, max_rel_rms_worst=0.6)
+FORCED = {"vae_decoder": Int8Limits(max_rel_rms=1e-9)}  # no int8 graph can pass this
+
+
+def _options(**kw) -> Int8Options:
+    base = dict(pairs=2, eval_pairs=1, graphs=CANDIDATES, limits=LIMITS, graph_limits=FORCED, threads=1)
+    return Int8Options(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def int8_build(tmp_path_factory, tiny_checkpoint, tiny_engines):
+    """An int8 build over a copy of the tiny fp32 engine folder (its fp32 graphs are kept, not re-exported)."""
+    out = tmp_path_factory.mktemp("int8") / "engines"
+    shutil.copytree(tiny_engines, out)
+    manifest = build(BuildOptions(checkpoint=tiny_checkpoint, out=out, precision="int8", int8=_options()))
+    return out, manifest
+
+
+def _entry(manifest: dict, graph: str) -> dict:
+    return manifest["graphs"][graph]["engines"]["onnxruntime-cpu"]
+
+
+def _ops(path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_int8_build_writes_qdq_graphs_for_the_chosen_graphs(int8_build):
+    out, m = int8_build
+    chosen = {g for g in GRAPHS if _entry(m, g)["precision"] == "int8"}
+    assert chosen == {"garmnet", "denoiser"}
+    for g in GRAPHS:
+        e = _entry(m, g)
+        path = out / e["file"]
+        assert sha256_file(path) == e["sha256"]
+        if g in chosen:
+            assert e["file"] == f"{g}.int8.onnxruntime-cpu.onnx"
+            assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(path)
+            assert e["quantization"]["measured"]["qdq_nodes"] > 0
+            weights = onnx.load(str(path)).graph.initializer
+            assert any(w.data_type == onnx.TensorProto.INT8 for w in weights)  # per-channel int8 weights
+            assert e["fp32"]["precision"] == "fp32" and (out / e["fp32"]["file"]).is_file()
+            assert [t["dtype"] for t in e["inputs"]] == ["float32"] * len(e["inputs"])  # same I/O as fp32
+        else:
+            assert e["precision"] == "fp32" and e["file"] == f"{g}.fp32.onnxruntime-cpu.onnx"
+            assert "QuantizeLinear" not in _ops(path)
+            assert not (out / f"{g}.int8.onnxruntime-cpu.onnx").exists()
+    listed = {"manifest.json", m["constants"]["file"]}
+    for g in GRAPHS:
+        e = _entry(m, g)
+        for f in (e, e["onnx"], *e.get("data", []), *([e["fp32"]] if "fp32" in e else [])):
+            listed.add(f["file"])
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert on_disk == listed  # no temporary files left, nothing unlisted
+
+
+def test_manifest_records_precision_calibration_hash_and_reason(int8_build, tiny_checkpoint):
+    out, m = int8_build
+    q = m["quantization"]
+    expected_hash = pairs_sha256(synthetic_pairs(2, 20_000, (64, 48)))
+    assert q["calibration"]["sha256"] == expected_hash and q["calibration"]["pairs"] == 2
+    assert q["limits"] == asdict(LIMITS) and q["graph_limits"]["vae_decoder"] == asdict(FORCED["vae_decoder"])
+    assert q["settings"]["format"] == "QDQ" and q["steps"] == 25
+    assert set(q["combined"]["graphs"]) == {"garmnet", "denoiser"}
+    assert q["combined"]["ssim_mean"] >= LIMITS.min_ssim
+    for g in GRAPHS:
+        info = _entry(m, g)["quantization"]
+        assert info["calibration_sha256"] == expected_hash
+        assert info["decision"] == _entry(m, g)["precision"] and info["reason"]
+        if g in CANDIDATES:
+            err = info["measured"]["output_error"]
+            assert 0 < err["rel_rms_mean"] <= err["rel_rms_worst"]
+            assert {"ssim_mean", "psnr_mean_db"} <= set(info["measured"]["image"])
+        else:
+            assert "not a candidate" in info["reason"]
+    # the runtime's manifest validation accepts "precision": "int8"
+    assert read_manifest(out).engine("denoiser", "onnxruntime-cpu").precision == "int8"
+    # a rebuild with the same options keeps everything
+    again = build(BuildOptions(checkpoint=tiny_checkpoint, out=out, precision="int8", int8=_options()))
+    assert again["graphs"] == m["graphs"] and again["quantization"] == q
+
+
+def test_graph_forced_to_fail_the_quality_threshold_stays_fp32(int8_build):
+    _, m = int8_build
+    e = _entry(m, "vae_decoder")
+    assert e["precision"] == "fp32" and e["quantization"]["decision"] == "fp32"
+    assert e["quantization"]["reason"].startswith("output error over the limit")
+    assert "limit 1e-09" in e["quantization"]["reason"]
+    assert e["quantization"]["measured"]["output_error"]["rel_rms_mean"] > 1e-9
+
+
+def test_runtime_runs_int8_engines_and_matches_fp32_within_the_int8_tolerance(
+    int8_build, tiny_engines, person_and_mask
+):
+    out, _ = int8_build
+    person, mask = person_and_mask
+    stated = Int8Limits()  # the image thresholds every int8 build states
+    r8 = Restorer.from_dir(out, backend="onnxruntime", threads=1)
+    r32 = Restorer.from_dir(tiny_engines, backend="onnxruntime", threads=1)
+    a = np.asarray(r8.restore(person, mask, "upper", seed=3).image)
+    b = np.asarray(r32.restore(person, mask, "upper", seed=3).image)
+    assert not np.array_equal(a, b)  # the int8 engines really ran
+    assert ssim(a, b) >= stated.min_ssim and psnr(a, b) >= stated.min_psnr_db
+
+
+def test_fp32_rebuild_of_an_int8_folder_keeps_its_fp32_engines(int8_build, tiny_checkpoint, tmp_path):
+    src, m8 = int8_build
+    out = tmp_path / "engines"
+    shutil.copytree(src, out)
+    m = build(BuildOptions(checkpoint=tiny_checkpoint, out=out))
+    for g in GRAPHS:
+        e = _entry(m, g)
+        assert e["precision"] == "fp32" and "quantization" not in e
+        assert e["key"] == (_entry(m8, g).get("fp32") or _entry(m8, g))["key"]  # kept, not re-exported
+    assert "quantization" not in m
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "no image/ and cloth/ folders"),
+        ("one_pair", "has 1 usable pair; expected at least 2"),
+    ],
+)
+def test_bad_calibration_folder_is_named(setup, message, tiny_checkpoint, tmp_path, capsys):
+    from train.synthetic import generate
+
+    folder = tmp_path / "my_pairs"
+    if setup == "empty":
+        folder.mkdir()
+    elif setup == "one_pair":
+        generate(folder, 1, seed=3, size=(64, 48))
+    argv = ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--precision", "int8"]
+    assert build_main([*argv, "--calibration", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err and message in err and err.count("\n") == 1
+    assert not (tmp_path / "e" / "manifest.json").exists()  # refused before anything was built
+
+
+def test_int8_options_are_checked(tiny_checkpoint, tmp_path, capsys):
+    argv = ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "e")]
+    with pytest.raises(SystemExit):
+        build_main([*argv, "--calibration", str(tmp_path)])  # int8 options without --precision int8
+    assert "only apply with --precision int8" in capsys.readouterr().err
+    assert build_main([*argv, "--precision", "int8", "--int8-graphs", "denoiser,unet"]) == 2
+    assert "expected a non-empty subset" in capsys.readouterr().err
+    with pytest.raises(BuildError, match="int8 engines are for ONNX Runtime on the CPU"):
+        build(BuildOptions(checkpoint=tiny_checkpoint, out=tmp_path / "t", backend="tensorrt", precision="int8"))
+
+
+def test_latency_benchmark_has_sdk_int8_beside_sdk_fp32_at_each_thread_count(int8_build, tiny_engines, tmp_path):
+    from benchmarks import latency
+
+    out, _ = int8_build
+    report_path = tmp_path / "latency.json"
+    quick = ["--steps", "2", "--repeats", "1", "--warmup", "0"]
+    systems = ["--systems", "", "--engines", str(tiny_engines), "--engines-int8", str(out), "--baseline", "sdk"]
+    report = latency.main(["--preset", "tiny", "--threads", "1,2", *quick, *systems, "--json", str(report_path)])
+    assert json.loads(report_path.read_text())["meta"]["threads"] == [1, 2]
+    assert [r["threads"] for r in report["runs"]] == [1, 2]
+    for run in report["runs"]:
+        assert set(run["systems"]) == {"sdk", "sdk_int8"} and not run["skipped"]
+        int8 = run["systems"]["sdk_int8"]
+        assert "denoiser int8" in int8["note"] and "vae_decoder fp32" in int8["note"]
+        assert run["systems"]["sdk"]["note"].endswith("fp32")
+        assert {"image_encoder", "vae_encoder", "garmnet", "denoiser_step", "vae_decoder"} <= set(int8["reported"])
+        assert int8["end_to_end"]["speedup"] > 0
