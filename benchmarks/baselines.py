@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from igr_sdk._preprocess import fit
+from igr_sdk.preprocess import fit
 
 
 def segment_and_paste(person: np.ndarray, mask: np.ndarray, size: Sequence[int] | None = None) -> np.ndarray:
@@ -20,7 +20,7 @@ def segment_and_paste(person: np.ndarray, mask: np.ndarray, size: Sequence[int] 
     The crop is the mask's bounding box of ``person * mask`` with the pixels outside the mask
     white (not black, as the CLIP crop uses) because the target garment lies on white. It is
     scaled as large as the canvas allows, with the same bicubic resize and centring as the
-    model's input (``igr_sdk._preprocess.fit``). ``size`` is (H, W), default the person's size.
+    model's input (``igr_sdk.preprocess.fit``). ``size`` is (H, W), default the person's size.
     Returns (H, W, 3) uint8.
     """
     person = np.asarray(person)

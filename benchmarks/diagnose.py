@@ -53,8 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.colour import COLOUR_CONVENTION, garment_colour_error
 from benchmarks.metrics import PSNR_CONVENTION, psnr
-from igr_sdk._preprocess import Prepared, to_image
-from igr_sdk._scheduler import alphas_cumprod, check_prediction_type, x0_and_eps
+from igr_sdk.preprocess import Prepared, to_image
+from igr_sdk.scheduler import alphas_cumprod, check_prediction_type, x0_and_eps
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.datasets import DataError, open_dataset
 from train.pipeline import ReferencePipeline, initial_noise

@@ -62,7 +62,6 @@ from torch.overrides import TorchFunctionMode
 from train.config import IGRConfig, preset
 from train.model import FORMS, IGRModel
 
-GRAPHS = ("image_encoder", "vae_encoder", "garmnet", "denoiser", "vae_decoder")
 MATMUL_KINDS = ("conv", "linear", "attention", "matmul")  # what the totals (and tensor-core peaks) cover
 
 # Dense (no 2:4 sparsity) FP16/BF16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets:

@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baselines import segment_and_paste
 from benchmarks.metrics import DISTS, LPIPS, PSNR_CONVENTION, SSIM_CONVENTION, WeightsError, as_image, psnr, ssim
-from igr_sdk._preprocess import fit
+from igr_sdk.contract import resolution_arg
+from igr_sdk.preprocess import fit
 from train.datasets import CATEGORIES, Sample, open_dataset
 
 log = logging.getLogger(__name__)
@@ -242,10 +243,7 @@ def write_report(result: Mapping[str, Any], prefix: str | Path, title: str = "Ga
 
 
 def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(p) for p in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must look like 256x192 (H x W), got {text!r}") from None
+    h, w = resolution_arg("--size", "256x192")(text)
     if h < 11 or w < 11:
         raise argparse.ArgumentTypeError(f"--size {text!r} is too small for SSIM's 11x11 window")
     return h, w

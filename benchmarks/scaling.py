@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import flops as fl
 from benchmarks.latency import DTYPES, STEP_T, DeviceReference, random_conditions, stats, time_calls
+from igr_sdk.contract import parse_resolution
 from train.checkpoint import load_checkpoint, new_model
 from train.config import IGRConfig, preset
 from train.model import FORMS, IGRModel
@@ -245,7 +246,7 @@ def _plot_pil(rows: list[dict[str, Any]], path: Path, title: str, stat: str) -> 
 def _resolutions(text: str, config: IGRConfig) -> list[tuple[int, int]]:
     out = []
     for item in text.split(","):
-        h, w = (int(v) for v in item.lower().split("x"))
+        h, w = parse_resolution(item, "--resolutions")
         config.with_resolution(h, w)  # raises with the valid multiple if not
         out.append((h, w))
     return out

@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _examples() -> list[dict[str, Any]]:
-    from igr_sdk._default import default_engine_dir
+    from igr_sdk.engines import default_engine_dir
 
     folder = default_engine_dir() / "examples"
     return [{**e, "folder": folder} for e in json.loads((folder / "examples.json").read_text())]

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from export import onnx_export
+from export.errors import BuildError
 from export.graphs import GRAPHS, GraphSpec, example_inputs, module_for, specs
-from igr_sdk._errors import EngineError
-from igr_sdk._examples import FILE_KEYS, LISTING, parse_listing
-from igr_sdk._manifest import SCHEMA, sha256_file
+from igr_sdk import EngineError
+from igr_sdk.contract import CATEGORIES, SCHEMA
+from igr_sdk.engines import FILE_KEYS, LISTING, parse_listing, sha256_file
 from train.checkpoint import PART_FILES, load_checkpoint, read_config, read_meta
-from train.config import CATEGORIES
 
 if TYPE_CHECKING:
     from export.quantize import Int8Options
@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "tensorrt")
 CONSTANTS = "constants.npz"
-
-
-class BuildError(RuntimeError):
-    """A build option or environment problem, reported as one line that says what to do."""
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from igr_sdk.contract import CLIP_SIZE
+from igr_sdk.contract import GRAPHS as GRAPHS  # the graph names, re-exported for the exporter
 from train.model import IGRModel
-
-GRAPHS = ("image_encoder", "vae_encoder", "garmnet", "denoiser", "vae_decoder")
-CLIP_SIZE = 224
 
 
 class ImageEncoderGraph(nn.Module):

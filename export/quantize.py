@@ -63,8 +63,8 @@ import numpy as np
 from export import onnx_export
 from export.build import BuildError, BuildOptions
 from export.graphs import GRAPHS, module_for, specs
-from igr_sdk._errors import EngineError
-from igr_sdk._manifest import Manifest, sha256_file
+from igr_sdk import EngineError
+from igr_sdk.engines import Manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +415,7 @@ def image_scores(images: Sequence[np.ndarray], reference: Sequence[np.ndarray]) 
 def gt_ssim_drop(images: Sequence[np.ndarray], reference: Sequence[np.ndarray], pairs: Sequence[Pair]) -> float | None:
     """Mean SSIM against the ground-truth garment, fp32 minus this candidate (None without ground truth)."""
     from benchmarks.metrics import ssim
-    from igr_sdk._preprocess import fit
+    from igr_sdk.preprocess import fit
 
     if any(p.garment is None for p in pairs):
         return None

@@ -54,6 +54,9 @@ import onnx.inliner
 import onnx.shape_inference
 from onnx import TensorProto
 
+from export.errors import BuildError
+from igr_sdk.contract import trt_version_arg
+
 log = logging.getLogger(__name__)
 
 ProblemKind = Literal["unsupported_op", "tensor_too_large", "fp16_overflow_risk", "dynamic_shape"]
@@ -169,7 +172,7 @@ class ReadinessReport:
         return "\n".join(lines)
 
 
-class ReadinessError(RuntimeError):
+class ReadinessError(BuildError):
     """Raised by :func:`require_ready`; ``report`` holds the full :class:`ReadinessReport`."""
 
     def __init__(self, message: str, report: ReadinessReport):
@@ -617,14 +620,6 @@ def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
         raise argparse.ArgumentTypeError(f"expected NAME=1x4x128x96, got {text!r}") from None
 
 
-def _parse_version(text: str) -> tuple[int, int]:
-    try:
-        major, minor = text.split(".")[:2]
-        return int(major), int(minor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a TensorRT version like 10.14, got {text!r}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m export.readiness", description="Check an ONNX model for TensorRT (CPU only, no weights read)."
@@ -633,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=_parse_shape, action="append", default=[], help="NAME=1x4x128x96")
     parser.add_argument("--max-elements", type=int, default=TRT_MAX_ELEMENTS)
     parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="default: auto-detect")
-    parser.add_argument("--trt-version", type=_parse_version, default=DEFAULT_TRT_VERSION)
+    parser.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION)
     parser.add_argument("--weakly-typed", action="store_true", help="the plan is built without STRONGLY_TYPED")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -28,9 +28,11 @@ from pathlib import Path
 
 import onnx
 
+from export.errors import BuildError
 from export.readiness import graph_inputs, load_structure, resolve_input_shapes
-from igr_sdk._errors import EngineError
-from igr_sdk._tensorrt import _trt_logger, load_cudart
+from igr_sdk import EngineError
+from igr_sdk.contract import parse_trt_version
+from igr_sdk.engines import load_cudart, sm_name, trt_logger
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +45,14 @@ Shape = tuple[int, ...]
 
 
 def require_tensorrt():
-    """The ``tensorrt`` module, or a one-line RuntimeError saying how to get it."""
+    """The ``tensorrt`` module, or a one-line BuildError saying how to get it."""
     try:
         import tensorrt
     except ImportError as e:
-        raise RuntimeError(f"TensorRT is not installed: {INSTALL_HINT}") from e
+        raise BuildError(f"TensorRT is not installed: {INSTALL_HINT}") from e
     except OSError as e:  # the wheel is there but libnvinfer could not be loaded
-        raise RuntimeError(f"TensorRT is installed but its libraries failed to load ({e}): {INSTALL_HINT}") from e
+        raise BuildError(f"TensorRT is installed but its libraries failed to load ({e}): {INSTALL_HINT}") from e
     return tensorrt
-
-
-def trt_version_tuple(version: str) -> tuple[int, int]:
-    m = re.match(r"^(\d+)\.(\d+)", version)
-    if m is None:
-        raise ValueError(f"not a TensorRT version: {version!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def _cudart():
@@ -71,16 +66,23 @@ def _cudart():
 def _gpu_info_cudart(cudart, device: int) -> tuple[str, str]:
     err, count = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess or count == 0:
-        raise RuntimeError(f"no CUDA device found (cudaGetDeviceCount: {err}, count {count})")
+        raise BuildError(f"no CUDA device found (cudaGetDeviceCount: {err}, count {count})")
     if device >= count:
-        raise RuntimeError(f"CUDA device {device} requested, only {count} present")
+        raise BuildError(f"CUDA device {device} requested, only {count} present")
     err, prop = cudart.cudaGetDeviceProperties(device)
     if err != cudart.cudaError_t.cudaSuccess:
-        raise RuntimeError(f"cudaGetDeviceProperties({device}) failed: {err}")
+        raise BuildError(f"cudaGetDeviceProperties({device}) failed: {err}")
     name = prop.name
     if isinstance(name, bytes):
         name = name.split(b"\0", 1)[0].decode(errors="replace")
-    return str(name).strip(), f"sm_{prop.major}{prop.minor}"
+    return str(name).strip(), _sm(prop.major, prop.minor)
+
+
+def _sm(major: int, minor: int) -> str:
+    try:
+        return sm_name(int(major), int(minor))
+    except EngineError as e:
+        raise BuildError(str(e)) from None
 
 
 def _gpu_info_torch(device: int) -> tuple[str, str] | None:
@@ -89,9 +91,9 @@ def _gpu_info_torch(device: int) -> tuple[str, str] | None:
     except ImportError:
         return None
     if not torch.cuda.is_available():
-        raise RuntimeError("no CUDA device found (torch.cuda.is_available() is False)")
+        raise BuildError("no CUDA device found (torch.cuda.is_available() is False)")
     major, minor = torch.cuda.get_device_capability(device)
-    return torch.cuda.get_device_name(device), f"sm_{major}{minor}"
+    return torch.cuda.get_device_name(device), _sm(major, minor)
 
 
 def gpu_info(device: int = 0) -> tuple[str, str]:
@@ -105,7 +107,7 @@ def gpu_info(device: int = 0) -> tuple[str, str]:
         return _gpu_info_cudart(cudart, device)
     info = _gpu_info_torch(device)
     if info is None:
-        raise RuntimeError(f"cannot query the GPU: neither cuda-python nor torch is installed ({INSTALL_HINT})")
+        raise BuildError(f"cannot query the GPU: neither cuda-python nor torch is installed ({INSTALL_HINT})")
     return info
 
 
@@ -121,7 +123,7 @@ def plan_name(graph: str, precision: str, sm: str, trt_version: str) -> str:
         raise ValueError(f"precision {precision!r} must be like 'fp16' or 'fp32'")
     if not re.fullmatch(r"sm_\d{2,3}[a-z]?", sm):
         raise ValueError(f"compute capability {sm!r} must be like 'sm_90'")
-    major, minor = trt_version_tuple(trt_version)
+    major, minor = parse_trt_version(trt_version)
     return f"{graph}.{precision}.{sm}.trt{major}.{minor}.plan"
 
 
@@ -218,22 +220,22 @@ def build_plan(
     profile = profile_shapes(onnx_path, input_shapes)
     trt = require_tensorrt()
     gpu, sm = gpu_info()
-    trt_major = trt_version_tuple(trt.__version__)[0]
-    logger = _trt_logger(trt)  # one per process: TensorRT keeps the first logger it is given
+    trt_major = parse_trt_version(trt.__version__)[0]
+    logger = trt_logger(trt)  # one per process: TensorRT keeps the first logger it is given
     start = time.perf_counter()
 
     builder = trt.Builder(logger)
     flags = 0
     if strongly_typed:
         if not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-            raise RuntimeError(f"TensorRT {trt.__version__} has no strongly typed networks; TensorRT >= 10 is needed")
+            raise BuildError(f"TensorRT {trt.__version__} has no strongly typed networks; TensorRT >= 10 is needed")
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     # Explicit batch is the only mode in TensorRT 10 (its flag is deprecated), so nothing else is set.
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = _parser_errors(parser)
-        raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: " + "; ".join(errors or ["no details"]))
+        raise BuildError(f"TensorRT could not parse {onnx_path.name}: " + "; ".join(errors or ["no details"]))
 
     config = builder.create_builder_config()
     config.builder_optimization_level = optimization_level
@@ -241,7 +243,7 @@ def build_plan(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if not strongly_typed:
         if trt_major >= 11 or not hasattr(trt.BuilderFlag, "FP16"):
-            raise RuntimeError(
+            raise BuildError(
                 f"TensorRT {trt.__version__} has no FP16 builder flag: build strongly typed from an fp16 ONNX"
             )
         config.set_flag(trt.BuilderFlag.FP16)
@@ -250,7 +252,7 @@ def build_plan(
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         if tensor.name not in profile:
-            raise RuntimeError(f"the parsed network has input {tensor.name!r}, which the ONNX graph does not declare")
+            raise BuildError(f"the parsed network has input {tensor.name!r}, which the ONNX graph does not declare")
         if any(d < 0 for d in tensor.shape):
             dynamic.append(tensor.name)
     if dynamic:
@@ -263,7 +265,7 @@ def build_plan(
     log.info("building %s -> %s on %s (%s), TensorRT %s", onnx_path.name, plan_path.name, gpu, sm, trt.__version__)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build {onnx_path.name}; the TensorRT errors are in the log above")
+        raise BuildError(f"TensorRT failed to build {onnx_path.name}; the TensorRT errors are in the log above")
     seconds = time.perf_counter() - start
     _atomic_write(plan_path, memoryview(serialized))
     if cache_path is not None:

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 
 from igr_sdk._errors import EngineError
-from igr_sdk._schema import GRAPHS, validate_manifest
+from igr_sdk._schema import validate_manifest
+from igr_sdk.contract import GRAPHS, SCHEMA
 
 __all__ = ["GRAPHS", "SCHEMA", "EngineEntry", "Manifest", "TensorInfo", "check_file", "read_manifest"]
 
-SCHEMA = "igr-engines/1"
 MAX_MANIFEST_BYTES = 16 << 20
 
 

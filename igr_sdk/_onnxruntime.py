@@ -14,6 +14,7 @@ import numpy as np
 from igr_sdk._backend import describe_mismatch, require
 from igr_sdk._errors import EngineError
 from igr_sdk._manifest import Manifest, TensorInfo
+from igr_sdk.contract import GRAPHS
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,6 @@ _ORT_TYPES = {
     "tensor(int64)": "int64",
     "tensor(int32)": "int32",
 }
-GRAPHS = ("image_encoder", "vae_encoder", "garmnet", "denoiser", "vae_decoder")
 
 
 class OnnxRuntimeBackend:
@@ -92,7 +92,15 @@ class OnnxRuntimeBackend:
     def input_dtype(self, graph: str, name: str) -> np.dtype:
         return self._dtypes[(graph, name)]
 
+    def close(self) -> None:
+        """Drop the sessions (and with them their device memory); idempotent. Calls already running finish."""
+        if self._sessions:
+            log.debug("onnxruntime backend %s closed", self.name)
+        self._sessions = {}
+
     def run(self, graph: str, feeds: dict) -> dict:
+        if not self._sessions:
+            raise EngineError(f"onnxruntime backend {self.name} is closed")
         sess = self._sessions[graph]
         names = self._outputs[graph]
         if self._device_id is None:

@@ -19,14 +19,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from igr_sdk._errors import InputError
+from igr_sdk.contract import CLIP_MEAN, CLIP_SIZE, CLIP_STD
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 MAX_PIXELS = 50_000_000  # refuse before decoding: a decompression bomb must never reach memory
 MIN_SIDE = 16
-CLIP_SIZE = 224
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 ASPECT_TOLERANCE = 0.02
 MAX_GUIDANCE = 50.0  # far past any useful value (SD is used at 1-15); larger ones only overflow
 MAX_SEED = 2**64 - 1  # numpy's generators take any seed; this bound keeps seeds storable as uint64

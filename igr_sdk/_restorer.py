@@ -46,11 +46,15 @@ class Restorer:
 
     Thread-safe: a call keeps all its state in locals; with a backend whose engines bind fixed device
     buffers (TensorRT), concurrent calls are served one engine batch at a time.
+
+    ``close()`` (or leaving a ``with Restorer.from_dir(...) as restorer:`` block) releases the engines
+    and their device memory; a closed Restorer refuses to restore.
     """
 
     def __init__(self, manifest: Manifest, backend: Backend, constants: dict[str, np.ndarray]):
         self.manifest = manifest
         self.backend = backend
+        self._closed = False
         # a backend that binds fixed device buffers (TensorRT) serves one request at a time
         self._serial = contextlib.nullcontext() if getattr(backend, "reentrant", False) else threading.Lock()
         self._prompt_embeds = constants["prompt_embeds"]  # (3, 77, C)
@@ -74,6 +78,9 @@ class Restorer:
         backend: str = "auto",
         device: str | int | None = None,
         threads: int | None = None,
+        *,
+        cuda_graph: bool = False,
+        pinned: bool = False,
     ) -> Restorer:
         """Open an engine directory written by ``export/build_engines.py``.
 
@@ -87,6 +94,8 @@ class Restorer:
         that R x threads <= C; past 2-4 threads a small graph gains little per request, so more
         workers with fewer threads serve more requests per second. Keep other thread pools
         (torch, OMP_NUM_THREADS) off those cores. fp32 and int8 engines split the same way.
+        cuda_graph: TensorRT only, capture the denoiser step in a CUDA graph and replay it.
+        pinned: TensorRT only, stage host->device copies in page-locked memory.
         """
         if engine_dir is None:
             from igr_sdk._default import default_engine_dir
@@ -95,7 +104,24 @@ class Restorer:
         threads = check_count(threads, "threads", 1, 1024)
         manifest = read_manifest(engine_dir)
         constants = read_constants(manifest)
-        return cls(manifest, open_backend(manifest, backend, device, threads), constants)
+        opened = open_backend(manifest, backend, device, threads, cuda_graph=cuda_graph, pinned=pinned)
+        try:
+            return cls(manifest, opened, constants)
+        except BaseException:
+            opened.close()  # device memory is not left to the garbage collector
+            raise
+
+    def close(self) -> None:
+        """Release the backend's engines and device memory; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.backend.close()
+
+    def __enter__(self) -> Restorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # --- public API -----------------------------------------------------------------------------
     def restore(
@@ -114,6 +140,8 @@ class Restorer:
         seed: int for all, one per person, or None for fresh seeds (returned in the result).
         progress: called as progress(done_steps, total_steps) after every denoiser step.
         """
+        if self._closed:
+            raise EngineError("this Restorer is closed; open another with Restorer.from_dir")
         req = check_request(person, mask, category, guidance_scale, seed, self.manifest.categories)
         sched = self.manifest.raw["scheduler"]
         timesteps = ddim.ddim_timesteps(steps, sched["num_train_timesteps"], sched["steps_offset"])

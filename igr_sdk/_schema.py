@@ -16,12 +16,10 @@ from typing import Any
 from igr_sdk._errors import EngineError
 from igr_sdk._preprocess import MAX_GUIDANCE
 from igr_sdk._scheduler import max_steps
+from igr_sdk.contract import CLIP_SIZE, GRAPHS, LATENT_CHANNELS
 
-GRAPHS = ("image_encoder", "vae_encoder", "garmnet", "denoiser", "vae_decoder")
 DTYPES = ("float32", "float16", "int32", "int64")
 BETA_SCHEDULES = ("scaled_linear", "linear")
-CLIP_SIZE = 224
-LATENT_CHANNELS = 4
 MAX_SIDE = 16384
 MAX_BATCH = 1024
 MAX_TRAIN_TIMESTEPS = 100_000

@@ -38,7 +38,8 @@ import numpy as np
 
 from igr_sdk._backend import describe_mismatch, require
 from igr_sdk._errors import EngineError
-from igr_sdk._manifest import GRAPHS, EngineEntry, Manifest, TensorInfo, check_file
+from igr_sdk._manifest import EngineEntry, Manifest, TensorInfo, check_file
+from igr_sdk.contract import GRAPHS, parse_trt_version
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +125,10 @@ def parse_device(device: str | int | None) -> int:
 
 
 def trt_major_minor(version: str) -> tuple[int, int]:
-    m = re.match(r"^\s*(\d+)\.(\d+)", str(version))
-    if m is None:
-        raise EngineError(f"not a TensorRT version: {version!r}")
-    return int(m.group(1)), int(m.group(2))
+    try:
+        return parse_trt_version(version)
+    except ValueError as e:
+        raise EngineError(str(e)) from None
 
 
 def check_trt_version(plan_version: str | None, installed: str, what: str = "this plan") -> None:
@@ -362,7 +363,7 @@ class _DeviceTensor:
 _TRT_LOGGER: tuple[Any, Any] | None = None  # (tensorrt module, its logger)
 
 
-def _trt_logger(trt: Any) -> Any:
+def trt_logger(trt: Any) -> Any:
     """One TensorRT logger per process, forwarding to ``logging`` (TensorRT keeps the first it is given)."""
     global _TRT_LOGGER
     if _TRT_LOGGER is None or _TRT_LOGGER[0] is not trt:
@@ -503,7 +504,7 @@ class TensorRTBackend:
             engine_id = choose_engine_id(manifest.engine_ids(), sm, gpu)
             entries = {g: manifest.engine(g, engine_id) for g in GRAPHS}
             plan = binding_plan(entries)  # before any GPU memory is spent on a manifest that cannot work
-            runtime = trt.Runtime(_trt_logger(trt))
+            runtime = trt.Runtime(trt_logger(trt))
             for g, entry in entries.items():
                 built_on = entry.raw.get("sm")
                 if built_on is not None and built_on != sm:

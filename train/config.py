@@ -16,7 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-CATEGORIES = ("upper", "lower", "full")
+from igr_sdk.contract import CATEGORIES
+
 CONFIG_FORMAT = "igr-config/1"
 
 

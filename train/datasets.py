@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from igr_sdk.contract import CATEGORIES
+
 log = logging.getLogger(__name__)
 
-CATEGORIES = ("upper", "lower", "full")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")  # preference order when one stem has several files
 DEFAULT_MAX_PIXELS = 50_000_000  # refuse larger images before decoding them
 

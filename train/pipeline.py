@@ -1,7 +1,7 @@
 """The torch reference pipeline: what the exported engines and the runtime must reproduce.
 
 Stages (DESIGN.md section 4):
-  1. validate and preprocess (shared with the runtime: ``igr_sdk._preprocess``)
+  1. validate and preprocess (shared with the runtime: ``igr_sdk.preprocess``)
   2. garment crop -> CLIP image encoder -> IP tokens
   3. VAE encode the person; GarmNet once -> reference features (-> K/V cache for ``cached``)
   4. DDIM with diffusers' DDIMScheduler over the [uncond x B ; cond x B] batch, CFG combine
@@ -22,9 +22,9 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from igr_sdk._errors import InputError
-from igr_sdk._preprocess import ImageLike, Prepared, check_request, prepare, to_image
-from igr_sdk._scheduler import check_prediction_type, ddim_timesteps
+from igr_sdk import InputError
+from igr_sdk.preprocess import ImageLike, Prepared, check_request, prepare, to_image
+from igr_sdk.scheduler import check_prediction_type, ddim_timesteps
 from train.config import CATEGORIES
 from train.model import FORMS, IGRModel
 

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from igr_sdk._preprocess import fit
+from igr_sdk.contract import resolution_arg
+from igr_sdk.preprocess import fit
 from train.checkpoint import load_checkpoint, new_model, save_checkpoint
 from train.config import preset
 from train.synthetic import make_pair, pair_seed
@@ -131,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--crop", default="128x96", help="training crop HxW (default 128x96)")
+    ap.add_argument(
+        "--crop", type=resolution_arg("--crop", "128x96"), default="128x96", help="training crop HxW (default 128x96)"
+    )
     ap.add_argument("--seed", type=int, default=1000, help="synthetic data seed (keep it apart from test seeds)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--init", type=Path, help="continue from this checkpoint's VAE")
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     model = load_checkpoint(args.init) if args.init else new_model(preset(args.preset), seed=0)
     t0 = time.perf_counter()
-    crop = tuple(int(v) for v in args.crop.split("x"))
+    crop = args.crop
     history = train_vae(
         model, args.steps, args.batch, args.lr, args.seed, crop, chroma_weight=args.chroma_weight, cosine=args.cosine
     )

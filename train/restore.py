@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from igr_sdk._cli import sheet
-from igr_sdk._errors import InputError
+from igr_sdk import InputError
+from igr_sdk.preprocess import sheet
 from train.checkpoint import CheckpointError, load_checkpoint, new_model
 from train.config import CATEGORIES, PRESETS, preset
 from train.model import FORMS

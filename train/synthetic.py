@@ -16,7 +16,7 @@ garment rotates sleeves and legs about their joints, and every worn pixel is map
 flat coordinates to look up the same texture, so the ground truth is exactly the un-warped
 garment.
 
-Only stdlib, numpy and PIL are imported so this runs as a plain script:
+Only stdlib, numpy, PIL and ``igr_sdk.contract`` are imported so this runs as a plain script:
 ``python train/synthetic.py --out DIR --count N --seed S --size 256x192``.
 """
 
@@ -37,9 +37,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from igr_sdk.contract import CATEGORIES, resolution_arg
+
 log = logging.getLogger(__name__)
 
-CATEGORIES = ("upper", "lower", "full")
 DEFECTS = ("occlusion", "truncation", "side_view", "extreme_proportion")
 GARMENT_TYPES: dict[str, tuple[str, ...]] = {
     "upper": ("tshirt", "longsleeve", "tank"),
@@ -998,12 +999,9 @@ def generate(
 
 
 def _parse_size(text: str) -> tuple[int, int]:
+    size = resolution_arg("--size", "256x192")(text)
     try:
-        h, w = (int(p) for p in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must look like 256x192 (H x W), got {text!r}") from None
-    try:
-        return _check_size((h, w))
+        return _check_size(size)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -1,6 +1,6 @@
 """Training inputs: pairs -> model tensors, the seeded data order, the held-out validation pairs.
 
-Inputs go through ``igr_sdk._preprocess.prepare``, the function the runtime uses, so training and
+Inputs go through ``igr_sdk.preprocess.prepare``, the function the runtime uses, so training and
 inference see identical pixels: the person resized and padded (white) to (H, W), the mask averaged
 over latent cells, the CLIP crop of the masked garment. The target garment is fitted the same way.
 
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from igr_sdk._errors import InputError
-from igr_sdk._preprocess import MIN_SIDE, Prepared, fit, prepare
+from igr_sdk import InputError
+from igr_sdk.preprocess import MIN_SIDE, Prepared, fit, prepare
 from train.config import CATEGORIES, IGRConfig
 from train.datasets import DataError, PairDataset, Sample, open_dataset, read_name_list
 from train.objective import AUX_SIZE

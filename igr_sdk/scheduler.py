@@ -1,0 +1,29 @@
+"""The runtime's numpy DDIM, for the torch reference pipeline and the benchmarks to sample with.
+
+Pure functions over the schedule constants a checkpoint and a manifest record (DESIGN.md section 2);
+tested against diffusers' ``DDIMScheduler`` for both prediction types.
+"""
+
+from __future__ import annotations
+
+from igr_sdk._scheduler import (
+    PREDICTION_TYPES,
+    alphas_cumprod,
+    check_prediction_type,
+    ddim_step,
+    ddim_timesteps,
+    guided,
+    max_steps,
+    x0_and_eps,
+)
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "alphas_cumprod",
+    "check_prediction_type",
+    "ddim_step",
+    "ddim_timesteps",
+    "guided",
+    "max_steps",
+    "x0_and_eps",
+]
