@@ -1,5 +1,8 @@
 """The training loop behind ``train/train.py``: model start, accelerate, steps, logs, saves, resume.
 
+``run`` reads as the run's outline: resume or start, accelerate, data, model, optimizer, then the
+``Trainer`` takes one optimizer step at a time and saves the state, the logs and the checkpoints.
+
 Run folder::
 
     RUN/train_config.json   the effective TrainConfig (also in every checkpoint's meta.json)
@@ -30,14 +33,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
-from igr_sdk._preprocess import to_image
+from igr_sdk.preprocess import to_image
 from train.checkpoint import CheckpointError, load_checkpoint, new_model, read_config, save_checkpoint
 from train.config import IGRConfig, preset
 from train.datasets import PairDataset
@@ -47,10 +50,8 @@ from train.model import IGRModel
 from train.objective import DiffusionObjective, draw, micro_batch_seed, set_trainable, trainable_parameters
 from train.pipeline import ReferencePipeline
 from train.state import read_state
+from train.trainconfig import TrainConfig, TrainError
 from train.traindata import Source, StreamBatchSampler, TrainSet, open_sources, prepare_sample, validation_pairs
-
-if TYPE_CHECKING:
-    from train.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,6 @@ RESUMABLE = frozenset(
 # presets learn nothing useful at that rate in a CPU-sized run, 1e-4 is their stable default.
 DEFAULT_LR = {"sd15": 1e-5, "small": 1e-4, "tiny": 1e-4}
 ARCHITECTURE = ("unet", "vae", "image_encoder", "garmnet_in_channels", "ip_tokens", "text_len")
-
-
-class TrainError(ValueError):
-    """A training option, run folder or resume state cannot be used; the message names it."""
 
 
 @dataclass
@@ -259,14 +256,19 @@ def validation_grid(model: IGRModel, pairs: list[tuple[PairDataset, int]], steps
 
 
 # --------------------------------------------------------------------------------------------
-# the run
+# resume or start
 
 
-def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train as ``cfg`` says; ``on_step(step, loss)`` is called after every optimizer step (tests)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType
+@dataclass(frozen=True)
+class Resumed:
+    """The saved state a run continues from."""
 
+    folder: Path  # RUN/state, or state.tmp / state.old when a swap was interrupted
+    trainer: dict[str, Any]  # its trainer.json, checked by train/state.py
+
+
+def resume_or_start(cfg: TrainConfig) -> tuple[TrainConfig, Resumed | None]:
+    """The run's effective options, and the saved state it continues (None for a new run)."""
     cfg = absolute_paths(cfg)
     out = Path(cfg.out)
     state_dir = find_state(out)
@@ -285,6 +287,11 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
             raise TrainError(f"--resume from {state_dir / TRAINER_FILE}: options differ from the run: {'; '.join(bad)}")
     if cfg.lr is None:
         cfg = dataclasses.replace(cfg, lr=default_lr(cfg.preset))
+    return cfg, (Resumed(state_dir, saved) if saved is not None else None)
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
 
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise TrainError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on this machine")
@@ -293,14 +300,23 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
         gradient_accumulation_steps=cfg.grad_accum or 1,
         step_scheduler_with_optimizer=False,  # one LR-schedule step per optimizer step, whatever the world size
     )
-    main = accelerator.is_main_process
     if cfg.grad_accum is not None and accelerator.gradient_accumulation_steps != cfg.grad_accum:
         raise TrainError(
             f"--grad-accum {cfg.grad_accum} conflicts with the accelerate config's gradient_accumulation_steps "
             f"{accelerator.gradient_accumulation_steps}; set it in one place only"
         )
+    return accelerator
 
-    # data first: bad data should stop a run before minutes of weight loading
+
+@dataclass
+class RunData:
+    sources: list[Source]
+    sets: list[PairDataset]  # the training pairs, one data set per source
+    reframes: list[list[str]]  # per source, the pairs to reframe (resize and pad)
+    val_pairs: list[tuple[PairDataset, int]]  # the pairs of the validation grids
+
+
+def open_data(cfg: TrainConfig) -> RunData:
     sources = [
         Source(
             Path(d), Path(cfg.subset[k]) if cfg.subset else None, Path(cfg.resize_list[k]) if cfg.resize_list else None
@@ -311,27 +327,37 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
         sources, Path(cfg.val_data) if cfg.val_data else None, cfg.val_count, cfg.split
     )
     sets, reframes, held = open_sources(sources, cfg.split, cfg.val_count if hold_out else 0)
-    val_pairs = val_pairs or held
+    return RunData(sources, sets, reframes, val_pairs or held)
 
-    model = build_model(cfg, saved["igr_config"] if saved is not None else None)
-    if saved is not None:
+
+def start_model(cfg: TrainConfig, resumed: Resumed | None) -> tuple[IGRModel, TrainConfig]:
+    """The model to train, and the options completed with its config's defaults."""
+    model = build_model(cfg, resumed.trainer["igr_config"] if resumed is not None else None)
+    if resumed is not None:
         now = json.loads(model.config.to_json())
-        diff = sorted(k for k in now if now[k] != saved["igr_config"].get(k))
+        diff = sorted(k for k in now if now[k] != resumed.trainer["igr_config"].get(k))
         if diff:
-            raise TrainError(f"--resume: the model config differs from {state_dir / TRAINER_FILE} in {diff}")
+            raise TrainError(f"--resume: the model config differs from {resumed.folder / TRAINER_FILE} in {diff}")
     cfg = dataclasses.replace(
         cfg,
         cond_drop_prob=model.config.cond_drop_prob,
         prediction_type=model.config.scheduler.prediction_type,
         guidance_scale=model.config.guidance_scale,
     )
-    parts = [TrainSet(ds, model.config, r) for ds, r in zip(sets, reframes)]
+    return model, cfg
+
+
+def training_set(data: RunData, model: IGRModel, cfg: TrainConfig, accelerator) -> ConcatDataset:
+    parts = [TrainSet(ds, model.config, r) for ds, r in zip(data.sets, data.reframes)]
     if cfg.latent_cache is not None:
         for part in parts:  # every process reads the same file; the main one writes what is missing
             with accelerator.main_process_first():
                 attach_latents(part, model, Path(cfg.latent_cache))
-    trainset = ConcatDataset(parts)
+    return ConcatDataset(parts)
 
+
+def make_optimizer(model: IGRModel, cfg: TrainConfig):
+    """(objective, its trainable parameters, AdamW, the warm-up LR schedule)."""
     set_trainable(model, cfg.train_vae, cfg.train_image_encoder)
     if cfg.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
@@ -343,200 +369,288 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    return objective, params, optimizer, lr_schedule
 
+
+# --------------------------------------------------------------------------------------------
+# the trainer: one step, logs, state and checkpoints
+
+
+@dataclass
+class Trainer:
+    """A prepared run: accelerate's objective, optimizer and schedule, the EMA, the step reached."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    objective: Any
+    optimizer: Any
+    lr_schedule: Any
+    igr: IGRModel
+    ema: EMA | None
+    resumed: bool
+    meta: dict[str, Any]  # recorded in every checkpoint's meta.json
+    trainable: int  # trainable parameters
+    step: int = 0
+    elapsed: float = 0.0  # training seconds of the whole run, resumed parts included
+    last_loss: float = float("nan")
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def averaged(self):
+        """Checkpoints and validation images show the averaged weights when there is an EMA."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+
+    def train_mode(self) -> None:
+        self.objective.train()
+        self.igr.vae.train(self.cfg.train_vae)  # frozen parts stay in eval mode
+        self.igr.image_encoder.train(self.cfg.train_image_encoder)
+
+    def one_step(self, batches) -> torch.Tensor:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its mean loss (on the device)."""
+        cfg, acc = self.cfg, self.accelerator
+        c = self.igr.config
+        micro_losses = []
+        for a in range(acc.gradient_accumulation_steps):
+            batch = next(batches)
+            d = draw(
+                micro_batch_seed(cfg.seed, self.step, a, acc.process_index),
+                cfg.batch_size,
+                c.latent_size,
+                c.scheduler.num_train_timesteps,
+                c.cond_drop_prob,
+            )
+            order = d.order  # dropped samples first (model.denoise's batch convention)
+            inputs = {k: v[order].to(acc.device, non_blocking=True) for k, v in batch.items()}
+            with acc.accumulate(self.objective):
+                res = self.objective(
+                    **inputs,
+                    noise=d.noise[order].to(acc.device),
+                    timesteps=d.timesteps[order].to(acc.device),
+                    n_uncond=int(d.drop.sum()),
+                )
+                acc.backward(res["loss"])
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(self.objective.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                if acc.sync_gradients:
+                    self.lr_schedule.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            micro_losses.append(res["loss"].detach().float())
+        if self.ema is not None:
+            self.ema.update()
+        return torch.stack(micro_losses).mean()
+
+    def log_interval(self, losses: list[torch.Tensor], lr: float) -> tuple[int, float]:
+        """A loss.csv row: the mean loss since the previous row, over every process."""
+        mean = self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+        self.last_loss = mean
+        if self.main:
+            path = self.out / "loss.csv"
+            new = not path.is_file()
+            with path.open("a", newline="") as f:
+                w = csv.writer(f)
+                if new:
+                    w.writerow(["step", "loss", "lr", "seconds"])
+                w.writerow([self.step, f"{mean:.6f}", f"{lr:.6g}", f"{self.elapsed:.2f}"])
+        return self.step, mean
+
+    def validate(self, val_pairs: list[tuple[PairDataset, int]]) -> None:
+        if self.main:
+            self.objective.eval()
+            with self.accelerator.autocast(), self.averaged():
+                grid = validation_grid(self.igr, val_pairs, self.cfg.val_steps, self.cfg.seed)
+            (self.out / "val").mkdir(exist_ok=True)
+            grid.save(self.out / "val" / f"step-{self.step:06d}.png")
+            self.train_mode()
+        self.accelerator.wait_for_everyone()
+
+    def save(self, final: bool) -> Path:
+        """The accelerate state (written to state.tmp, then swapped in) and a checkpoint of the step."""
+        acc, out = self.accelerator, self.out
+        tmp = out / STATE_TMP
+        if self.main and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))  # every rank writes its part (ZeRO shards the optimizer)
+        acc.wait_for_everyone()
+        ckpt = out / ("final" if final else f"step-{self.step:06d}")
+        if self.main:
+            trainer = {
+                "step": self.step,
+                "elapsed": self.elapsed,
+                "world_size": acc.num_processes,
+                "train_config": dataclasses.asdict(self.cfg),
+                "igr_config": self.igr.config.to_dict(),
+            }
+            (tmp / TRAINER_FILE).write_text(json.dumps(trainer, indent=2))
+            swap_state(out)
+            meta = {**self.meta, "step": self.step, "loss": self.last_loss}
+            with self.averaged():
+                save_checkpoint(self.igr, ckpt, {**meta, "weights": "ema" if self.ema is not None else "raw"})
+            if not final:
+                prune_checkpoints(out, self.cfg.keep_checkpoints)
+        acc.wait_for_everyone()
+        return ckpt
+
+
+def swap_state(out: Path) -> None:
+    """Make state.tmp the state; at every moment one complete state exists (see find_state)."""
+    if (out / STATE).exists():
+        shutil.rmtree(out / STATE_OLD, ignore_errors=True)
+        os.replace(out / STATE, out / STATE_OLD)
+    os.replace(out / STATE_TMP, out / STATE)
+    shutil.rmtree(out / STATE_OLD, ignore_errors=True)
+
+
+def prepare(cfg, accelerator, model: IGRModel, resumed: Resumed | None, data: RunData) -> Trainer:
+    """Optimizer and objective through accelerate, the EMA, and the saved state when resuming."""
+    from accelerate.utils import DistributedType
+
+    objective, params, optimizer, lr_schedule = make_optimizer(model, cfg)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # no DataLoader goes through prepare() (the data order is ours), so tell DeepSpeed the micro-batch
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
     objective, optimizer, lr_schedule = accelerator.prepare(objective, optimizer, lr_schedule)
     ga = accelerator.gradient_accumulation_steps
     cfg = dataclasses.replace(cfg, grad_accum=ga, mixed_precision=accelerator.mixed_precision)
-    if saved is not None and saved["train_config"]["grad_accum"] != ga:
-        raise TrainError(f"--resume: gradient accumulation is {ga}, the run used {saved['train_config']['grad_accum']}")
-
-    unwrapped: DiffusionObjective = accelerator.unwrap_model(objective)
-    igr = unwrapped.igr
+    if resumed is not None and resumed.trainer["train_config"]["grad_accum"] != ga:
+        raise TrainError(
+            f"--resume: gradient accumulation is {ga}, the run used {resumed.trainer['train_config']['grad_accum']}"
+        )
+    igr = accelerator.unwrap_model(objective).igr
     ema = EMA(igr, cfg.ema_decay) if cfg.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)  # saved and restored with the state
-
-    step, elapsed = 0, 0.0
-    if saved is not None:
-        accelerator.load_state(str(state_dir))
-        step, elapsed = int(saved["step"]), float(saved.get("elapsed", 0.0))
-        if saved.get("world_size", 1) != accelerator.num_processes:
-            log.warning(
-                "resuming on %d processes, the run used %s: the data order changes",
-                accelerator.num_processes,
-                saved.get("world_size"),
-            )
-        log.info("resumed %s at step %d", state_dir, step)
-    # checkpoints and validation images show the averaged weights when there is an EMA
-    averaged = ema.applied if ema is not None else contextlib.nullcontext
-
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        (out / "val_names.txt").write_text("".join(f"{ds.root}\t{ds.names[i]}\n" for ds, i in val_pairs))
-        trim_loss_log(out / "loss.csv", step)
-    meta_base = {
+    meta = {
         "stage": cfg.stage,
         "preset": cfg.preset,
         "train_config": dataclasses.asdict(cfg),
-        "data": [str(s.root) for s in sources],
+        "data": [str(s.root) for s in data.sources],
         "init": cfg.init or cfg.sd15,
     }
+    trainable = sum(p.numel() for p in params)
+    t = Trainer(cfg, accelerator, objective, optimizer, lr_schedule, igr, ema, resumed is not None, meta, trainable)
+    if resumed is not None:
+        load_state(t, resumed)
+    return t
 
-    def save(final: bool) -> Path:
-        meta = {**meta_base, "step": step, "loss": last_loss}
-        tmp = out / STATE_TMP
-        if main and tmp.exists():
-            shutil.rmtree(tmp)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))  # every rank writes its part (ZeRO shards the optimizer)
-        accelerator.wait_for_everyone()
-        ckpt = out / ("final" if final else f"step-{step:06d}")
-        if main:
-            trainer = {
-                "step": step,
-                "elapsed": elapsed,
-                "world_size": accelerator.num_processes,
-                "train_config": dataclasses.asdict(cfg),
-                "igr_config": igr.config.to_dict(),
-            }
-            (tmp / TRAINER_FILE).write_text(json.dumps(trainer, indent=2))
-            if (out / STATE).exists():
-                shutil.rmtree(out / STATE_OLD, ignore_errors=True)
-                os.replace(out / STATE, out / STATE_OLD)
-            os.replace(tmp, out / STATE)
-            shutil.rmtree(out / STATE_OLD, ignore_errors=True)
-            with averaged():
-                save_checkpoint(igr, ckpt, {**meta, "weights": "ema" if ema is not None else "raw"})
-            if not final:
-                prune_checkpoints(out, cfg.keep_checkpoints)
-        accelerator.wait_for_everyone()
-        return ckpt
 
-    sampler = StreamBatchSampler(
-        len(trainset), cfg.batch_size, cfg.seed, step * ga, accelerator.process_index, accelerator.num_processes
-    )
-    loader = DataLoader(
-        trainset,
-        batch_sampler=sampler,
-        num_workers=cfg.num_workers,
-        pin_memory=accelerator.device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-    )
-    latent_shape = igr.config.latent_size
-    num_t = igr.config.scheduler.num_train_timesteps
-    dev = accelerator.device
-    if main:
+def load_state(t: Trainer, resumed: Resumed) -> None:
+    acc, saved = t.accelerator, resumed.trainer
+    acc.load_state(str(resumed.folder))
+    t.step, t.elapsed = int(saved["step"]), float(saved.get("elapsed", 0.0))
+    if saved.get("world_size", 1) != acc.num_processes:
+        log.warning(
+            "resuming on %d processes, the run used %s: the data order changes",
+            acc.num_processes,
+            saved.get("world_size"),
+        )
+    log.info("resumed %s at step %d", resumed.folder, t.step)
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train as ``cfg`` says; ``on_step(step, loss)`` is called after every optimizer step (tests)."""
+    cfg, resumed = resume_or_start(cfg)
+    accelerator = make_accelerator(cfg)
+    data = open_data(cfg)  # data first: bad data should stop a run before minutes of weight loading
+    model, cfg = start_model(cfg, resumed)
+    trainset = training_set(data, model, cfg, accelerator)
+    t = prepare(cfg, accelerator, model, resumed, data)
+    write_run_files(t, data.val_pairs)
+    loader = data_loader(t, trainset)
+    if t.main:
         log.info(
             "training %s (%s stage) on %d pairs: %d steps of %d x %d x %d samples, lr %g, %s, %s precision, "
             "%.1fM trainable parameters",
-            cfg.preset,
-            cfg.stage,
+            t.cfg.preset,
+            t.cfg.stage,
             len(trainset),
-            cfg.max_steps,
-            cfg.batch_size,
-            ga,
+            t.cfg.max_steps,
+            t.cfg.batch_size,
+            t.cfg.grad_accum,
             accelerator.num_processes,
-            cfg.lr,
-            f"{igr.config.height}x{igr.config.width}",
+            t.cfg.lr,
+            f"{t.igr.config.height}x{t.igr.config.width}",
             accelerator.mixed_precision,
-            sum(p.numel() for p in params) / 1e6,
+            t.trainable / 1e6,
         )
+    return train_steps(t, loader, data.val_pairs, on_step)
 
+
+def write_run_files(t: Trainer, val_pairs: list[tuple[PairDataset, int]]) -> None:
+    if t.main:
+        t.out.mkdir(parents=True, exist_ok=True)
+        (t.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(t.cfg), indent=2))
+        (t.out / "val_names.txt").write_text("".join(f"{ds.root}\t{ds.names[i]}\n" for ds, i in val_pairs))
+        trim_loss_log(t.out / "loss.csv", t.step)
+
+
+def data_loader(t: Trainer, trainset: ConcatDataset) -> DataLoader:
+    """Batches in the run's seeded order, continuing at the step reached."""
+    acc, cfg = t.accelerator, t.cfg
+    sampler = StreamBatchSampler(
+        len(trainset), cfg.batch_size, cfg.seed, t.step * cfg.grad_accum, acc.process_index, acc.num_processes
+    )
+    return DataLoader(
+        trainset,
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=acc.device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+    )
+
+
+def train_steps(t: Trainer, loader: DataLoader, val_pairs, on_step) -> TrainResult:
+    """Optimizer steps up to ``max_steps``, with the logs, saves and validation grids they are due."""
+    cfg = t.cfg
     rows: list[tuple[int, float]] = []
-    last_loss = float("nan")
     interval_losses: list[torch.Tensor] = []
     compute_time, compute_steps = 0.0, 0
-
-    def train_mode() -> None:
-        objective.train()
-        igr.vae.train(cfg.train_vae)  # frozen parts stay in eval mode
-        igr.image_encoder.train(cfg.train_image_encoder)
-
-    train_mode()
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not main, unit="step", dynamic_ncols=True)
+    t.train_mode()
+    bar = tqdm(total=cfg.max_steps, initial=t.step, disable=not t.main, unit="step", dynamic_ncols=True)
     batches = iter(loader)
     final = None
     try:
-        while step < cfg.max_steps:
+        while t.step < cfg.max_steps:
             t0 = time.perf_counter()
-            micro_losses = []
-            for a in range(ga):
-                batch = next(batches)
-                d = draw(
-                    micro_batch_seed(cfg.seed, step, a, accelerator.process_index),
-                    cfg.batch_size,
-                    latent_shape,
-                    num_t,
-                    igr.config.cond_drop_prob,
-                )
-                order = d.order  # dropped samples first (model.denoise's batch convention)
-                inputs = {k: v[order].to(dev, non_blocking=True) for k, v in batch.items()}
-                with accelerator.accumulate(objective):
-                    res = objective(
-                        **inputs,
-                        noise=d.noise[order].to(dev),
-                        timesteps=d.timesteps[order].to(dev),
-                        n_uncond=int(d.drop.sum()),
-                    )
-                    accelerator.backward(res["loss"])
-                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(objective.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        lr_schedule.step()
-                    optimizer.zero_grad(set_to_none=True)
-                micro_losses.append(res["loss"].detach().float())
-            if ema is not None:
-                ema.update()
-            step_loss = torch.stack(micro_losses).mean()
+            step_loss = t.one_step(batches)
             loss_value = step_loss.item()  # also waits for the GPU, so the timing below is honest
             if not math.isfinite(loss_value):
-                raise TrainError(f"loss is {loss_value} at step {step + 1}; lower --lr or check the data")
-            step += 1
+                raise TrainError(f"loss is {loss_value} at step {t.step + 1}; lower --lr or check the data")
+            t.step += 1
             dt = time.perf_counter() - t0
-            elapsed += dt
-            if step > 1 or saved is not None:  # the first step of a process pays one-off costs
+            t.elapsed += dt
+            if t.step > 1 or t.resumed:  # the first step of a process pays one-off costs
                 compute_time += dt
                 compute_steps += 1
             interval_losses.append(step_loss)
-            lr = lr_schedule.get_last_lr()[0]
+            lr = t.lr_schedule.get_last_lr()[0]
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                mean = accelerator.reduce(torch.stack(interval_losses).mean(), reduction="mean").item()
+            if t.step % cfg.log_every == 0 or t.step == cfg.max_steps:
+                rows.append(t.log_interval(interval_losses, lr))
                 interval_losses = []
-                last_loss = mean
-                rows.append((step, mean))
-                if main:
-                    new = not (out / "loss.csv").is_file()
-                    with (out / "loss.csv").open("a", newline="") as f:
-                        w = csv.writer(f)
-                        if new:
-                            w.writerow(["step", "loss", "lr", "seconds"])
-                        w.writerow([step, f"{mean:.6f}", f"{lr:.6g}", f"{elapsed:.2f}"])
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-                save(final=False)
-            if cfg.val_every and val_pairs and step % cfg.val_every == 0:
-                if main:
-                    objective.eval()
-                    with accelerator.autocast(), averaged():
-                        grid = validation_grid(igr, val_pairs, cfg.val_steps, cfg.seed)
-                    (out / "val").mkdir(exist_ok=True)
-                    grid.save(out / "val" / f"step-{step:06d}.png")
-                    train_mode()
-                accelerator.wait_for_everyone()
+            if cfg.save_every and t.step % cfg.save_every == 0 and t.step < cfg.max_steps:
+                t.save(final=False)
+            if cfg.val_every and val_pairs and t.step % cfg.val_every == 0:
+                t.validate(val_pairs)
             if on_step is not None:
-                on_step(step, loss_value)
-        final = save(final=True)
+                on_step(t.step, loss_value)
+        final = t.save(final=True)
     finally:
         bar.close()
         del batches  # stops data-loader workers
     speed = compute_steps / compute_time if compute_time > 0 else float("nan")
-    if main:
-        log.info("done: step %d, loss %.4f, %.3f steps/s; checkpoint %s", step, last_loss, speed, final)
-    return TrainResult(out, step, final, rows, speed, main)
+    if t.main:
+        log.info("done: step %d, loss %.4f, %.3f steps/s; checkpoint %s", t.step, t.last_loss, speed, final)
+    return TrainResult(t.out, t.step, final, rows, speed, t.main)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from train.config import IGRConfig
+from train.trainconfig import TrainError
 
 SAFETENSORS_ITEM_BYTES = {
     "BOOL": 1,
@@ -51,7 +52,7 @@ DEEPSPEED_DIR = "pytorch_model"
 def read_state(trainer_file: Path) -> dict[str, Any]:
     """``trainer.json`` of a saved state, after every file of the state folder has been checked.
 
-    Raises ``TrainError`` (train/loop.py) in one line naming the first damaged or missing file.
+    Raises ``TrainError`` in one line naming the first damaged or missing file.
     """
     trainer = _read_trainer(trainer_file)
     folder = trainer_file.parent
@@ -67,8 +68,6 @@ def read_state(trainer_file: Path) -> dict[str, Any]:
 
 
 def _fail(path: Path, problem: str) -> Exception:
-    from train.loop import TrainError  # the loop imports this module
-
     return TrainError(
         f"--resume: state file {path} {problem}; it was damaged after it was written: restore the run "
         "folder from a backup, or start a new run with another --out"
