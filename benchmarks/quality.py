@@ -17,7 +17,12 @@ Systems:
 * ``NAME=CKPT``: the torch reference pipeline of an IGR checkpoint (``--steps`` DDIM steps,
   ``--guidance``), evaluated at the checkpoint's resolution, sampling seed = the pair's index in
   the split, so reruns and other models see the same noise for the same pair.
+* ``NAME=ENGINE_DIR`` (``--engines``): igr_sdk's ``Restorer`` over an engine folder, with the
+  same steps, guidance and seeds, e.g. the fp32 and the int8 build of one checkpoint.
 * ``segment-and-paste`` (``--baselines``): ``benchmarks.baselines.segment_and_paste``.
+
+``--compare A:B`` adds, per metric, the mean over pairs of B's score minus A's with a 95% bootstrap
+interval (pairs resampled, seed 0): how much B moves each metric against A on the same pairs.
 
 Output: ``PREFIX.md`` (one table: mean ± std per metric, per system, over all pairs and per
 category, with the SSIM convention in its caption) and ``PREFIX.json`` (the same plus every
@@ -72,6 +77,22 @@ def fitted_ground_truth(sample: Sample, size: Sequence[int]) -> np.ndarray:
     garment = as_image(sample.garment, f"garment of {sample.name}")
     out, _ = fit(garment, np.ones(garment.shape[:2], dtype=bool), h, w)
     return out
+
+
+def engine_system(
+    engine_dir: str | Path, steps: int, guidance: float, seed_of: Callable[[Sample], int], threads: int | None = None
+) -> tuple[System, tuple[int, int]]:
+    """An engine folder's igr_sdk Restorer as a system, and the (H, W) it produces."""
+    from igr_sdk import Restorer
+
+    restorer = Restorer.from_dir(engine_dir, threads=threads)
+
+    def restore(s: Sample) -> Image.Image:
+        return restorer.restore(
+            s.person, s.mask, s.category, steps=steps, guidance_scale=guidance, seed=seed_of(s)
+        ).image
+
+    return restore, restorer.manifest.resolution
 
 
 def baseline_system(size: Sequence[int]) -> System:
@@ -175,6 +196,29 @@ def evaluate(
     }
 
 
+def paired_difference(
+    result: Mapping[str, Any], base: str, other: str, resamples: int = 10_000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Per metric: mean over pairs of ``other``'s score minus ``base``'s, with a 95% bootstrap interval.
+
+    Pairs where either score is not finite (an exact PSNR) are left out and counted in ``n_left_out``.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for m in result["metrics"]:
+        d = np.array([p["scores"][other][m] - p["scores"][base][m] for p in result["per_pair"]], dtype=np.float64)
+        finite = d[np.isfinite(d)]
+        entry: dict[str, Any] = {"n": int(finite.size), "n_left_out": int(d.size - finite.size)}
+        if finite.size:
+            means = finite[rng.integers(0, finite.size, (resamples, finite.size))].mean(axis=1)
+            lo, hi = np.quantile(means, [0.025, 0.975])
+            entry.update(mean=float(finite.mean()), ci95=[float(lo), float(hi)])
+        else:
+            entry.update(mean=math.nan, ci95=[math.nan, math.nan])
+        out[m] = entry
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # reports
 
@@ -213,6 +257,19 @@ def markdown(result: Mapping[str, Any], title: str = "Garment restoration qualit
                     cell += f" ({s['n_inf']}/{s['n']} exact)"
                 cells.append(cell)
             lines.append("| " + " | ".join(cells) + " |")
+    if result.get("paired"):
+        lines += [
+            "",
+            "Paired differences (B − A per pair, mean and 95% bootstrap interval over pairs):",
+            "",
+            "| B − A | metric | mean | 95% interval | n |",
+            "|---|---|---:|---|---:|",
+        ]
+        for label, by_metric in result["paired"].items():
+            for m, e in by_metric.items():
+                d = DIGITS.get(m, 4)
+                interval = f"[{_fmt(e['ci95'][0], d)}, {_fmt(e['ci95'][1], d)}]"
+                lines.append(f"| {label} | {LABELS.get(m, m)} | {_fmt(e['mean'], d)} | {interval} | {e['n']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -252,8 +309,17 @@ def _parse_size(text: str) -> tuple[int, int]:
 def _parse_model(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name.strip() or not path.strip():
-        raise argparse.ArgumentTypeError(f"--models entries must look like NAME=CHECKPOINT_DIR, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--models / --engines entries must look like NAME=CHECKPOINT_DIR or NAME=ENGINE_DIR, got {text!r}"
+        )
     return name.strip(), Path(path.strip())
+
+
+def _parse_compare(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition(":")
+    if not sep or not a.strip() or not b.strip():
+        raise argparse.ArgumentTypeError(f"--compare entries must look like A:B (two system names), got {text!r}")
+    return a.strip(), b.strip()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -261,6 +327,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, type=Path, help="VITON-HD-layout folder (e.g. from train/synthetic.py)")
     p.add_argument("--split", default="test")
     p.add_argument("--models", nargs="+", type=_parse_model, default=[], metavar="NAME=CKPT")
+    p.add_argument("--engines", nargs="+", type=_parse_model, default=[], metavar="NAME=ENGINE_DIR")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads of the --engines systems")
+    p.add_argument("--compare", nargs="+", type=_parse_compare, default=[], metavar="A:B", help="paired B - A")
     p.add_argument("--baselines", action="store_true", help=f"add the {BASELINE} baseline")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=1.5)
@@ -275,9 +344,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dists", nargs="*", type=Path, metavar="PATH", help=f"add DISTS; weights from PATH(s) or else {cache}"
     )
     a = p.parse_args(argv)
-    if not a.models and not a.baselines:
-        p.error("nothing to evaluate: give --models NAME=CKPT and/or --baselines")
-    names = [n for n, _ in a.models]
+    if not a.models and not a.engines and not a.baselines:
+        p.error("nothing to evaluate: give --models NAME=CKPT, --engines NAME=DIR and/or --baselines")
+    names = [n for n, _ in [*a.models, *a.engines]]
     dup = sorted({n for n in names if names.count(n) > 1} | ({BASELINE} & set(names) if a.baselines else set()))
     if dup:
         p.error(f"system names must be unique, repeated: {dup}")
@@ -285,6 +354,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--steps must be >= 1, got {a.steps}")
     if a.limit is not None and a.limit < 1:
         p.error(f"--limit must be >= 1, got {a.limit}")
+    known = set(names) | ({BASELINE} if a.baselines else set())
+    unknown = sorted({n for pair in a.compare for n in pair} - known)
+    if unknown:
+        p.error(f"--compare names systems {unknown} that are not evaluated; systems: {sorted(known)}")
     return a
 
 
@@ -309,6 +382,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sizes: dict[str, tuple[int, int]] = {}
     for name, ckpt in a.models:
         systems[name], sizes[name] = model_system(ckpt, a.steps, a.guidance, lambda s: dataset.index_of(s.name))
+    for name, folder in a.engines:
+        systems[name], sizes[name] = engine_system(
+            folder, a.steps, a.guidance, lambda s: dataset.index_of(s.name), a.threads
+        )
     if len(set(sizes.values())) > 1:
         raise SystemExit(f"models have different resolutions {sizes}; evaluate them in separate runs")
     size = next(iter(sizes.values()), a.size or (256, 192))
@@ -318,12 +395,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         systems[BASELINE] = baseline_system(size)
 
     result = evaluate(systems, dataset, size, metrics, a.limit)
+    if a.compare:
+        result["paired"] = {f"{b} − {base}": paired_difference(result, base, b) for base, b in a.compare}
     result["run"] = {
         "data": str(a.data),
         "split": a.split,
         "pairs_in_split": len(dataset),
         "pairs_left_out": dataset.problem_count,
         "models": {n: str(c) for n, c in a.models},
+        "engines": {n: str(d) for n, d in a.engines},
         "steps": a.steps,
         "guidance": a.guidance,
         "seed": "pair index",

@@ -188,3 +188,20 @@ def test_latency_benchmark_has_sdk_int8_beside_sdk_fp32_at_each_thread_count(int
         assert run["systems"]["sdk"]["note"].endswith("fp32")
         assert {"image_encoder", "vae_encoder", "garmnet", "denoiser_step", "vae_decoder"} <= set(int8["reported"])
         assert int8["end_to_end"]["speedup"] > 0
+
+
+def test_quality_benchmark_compares_int8_and_fp32_engines_on_the_same_pairs(int8_build, tiny_engines, tmp_path):
+    from benchmarks import quality
+    from train.synthetic import generate
+
+    out, _ = int8_build
+    generate(tmp_path / "held_out", 3, seed=5, size=(64, 48))
+    engines = ["--engines", f"fp32={tiny_engines}", f"int8={out}", "--compare", "fp32:int8", "--threads", "1"]
+    result = quality.main(
+        ["--data", str(tmp_path / "held_out"), "--steps", "3", *engines, "--out", str(tmp_path / "q")]
+    )
+    diff = result["paired"]["int8 − fp32"]["ssim"]
+    per_pair = [p["scores"]["int8"]["ssim"] - p["scores"]["fp32"]["ssim"] for p in result["per_pair"]]
+    assert diff["n"] == 3 and diff["mean"] == pytest.approx(np.mean(per_pair))
+    assert diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
+    assert "Paired differences" in (tmp_path / "q.md").read_text()
