@@ -55,7 +55,7 @@ import math
 import platform
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -514,7 +514,7 @@ def quantize_engines(manifest: dict, out: Path, model, o: BuildOptions, prev: Ma
     import onnxruntime as ort
 
     key = _hash(
-        fp32={g: fp32[g]["key"] for g in GRAPHS},
+        fp32={g: [fp32[g]["key"], fp32[g]["sha256"]] for g in GRAPHS},  # a re-exported engine counts too
         calibration=cal_sha,
         held_out=held_sha,
         steps=steps,
@@ -669,9 +669,8 @@ def _combine(
         if len(chosen) == 1:
             return {"graphs": [chosen[0].graph], **chosen[0].measured["image"]}
         images = restored({**base, **{c.graph: c.session for c in chosen}})
-        lim = Int8Limits(
-            max_rel_rms=0.0,
-            max_rel_rms_worst=0.0,
+        lim = replace(  # the strictest image limits of the graphs combined
+            opts.limits,
             min_ssim=max(opts.limits_for(c.graph).min_ssim for c in chosen),
             min_psnr_db=max(opts.limits_for(c.graph).min_psnr_db for c in chosen),
         )
