@@ -1,41 +1,55 @@
 #!/usr/bin/env bash
 # Trains the bundled demo model (the `small` preset on synthetic try-off data) and the two trained
 # ablations of the quality benchmark, on CPU, with equal budgets:
-#   full      coarse (all pairs) COARSE steps, then fine (curated HQFT subset) FINE steps
+#   full        coarse (all pairs) COARSE steps, then fine (curated HQFT subset) FINE steps
 #   no_garmnet  the same two stages with use_garmnet=False (IP-Adapter only)
-#   no_hqft   coarse COARSE steps, then FINE more coarse steps on all pairs (no fine stage)
-# The VAE has no pretrained weights at this size: it is pre-trained first (train/pretrain_vae.py);
-# the CLIP image encoder is trained jointly with IGR (--train-image-encoder).
+#   no_hqft     coarse COARSE steps, then FINE more coarse steps on all pairs (no fine stage)
+# The recipe (README, "The demo model"): v-prediction, Min-SNR-5 weighting, an EMA of the weights
+# (what checkpoints hold), VAE latents cached once, photos framed around the garment. The VAE has
+# no pretrained weights at this size: it is pre-trained first (train/pretrain_vae.py); the CLIP
+# image encoder is trained jointly with IGR.
 # One thread per process: two runs share the two cores without oversubscribing them.
+# Everything resumes: run the script again after an interruption.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${RUNS:-runs}
-COARSE=${COARSE:-1800}
+COARSE=${COARSE:-2400}
 FINE=${FINE:-450}
+VAE_STEPS=${VAE_STEPS:-3000}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1
-COMMON=(--preset small --batch-size 4 --lr 2e-4 --warmup-steps 100 --train-image-encoder
-        --save-every 450 --val-every 450 --val-steps 10 -q)
+COMMON=(--preset small --batch-size 4 --lr 3e-4 --warmup-steps 100 --train-image-encoder
+        --prediction-type v_prediction --snr-gamma 5 --ema-decay 0.999
+        --guidance-scale "${GUIDANCE:-1.5}" --latent-cache "$R/cache"
+        --save-every 300 --val-every 600 --val-steps 25 --resume -q)
 
-[ -f "$R/data/train/pairs.txt" ] || $PY train/synthetic.py --out "$R/data/train" --count 2400 --seed 1 --size 256x192
+[ -f "$R/data/train/pairs.txt" ] || $PY train/synthetic.py --out "$R/data/train" --count 4000 --seed 1 --size 256x192
 [ -f "$R/data/test/pairs.txt" ] || $PY train/synthetic.py --out "$R/data/test" --count 90 --seed 424242 --size 256x192
 $PY train/curate.py --data "$R/data/train" --out "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt"
-# 1500 steps without the chroma term (the published run's first phase), then 700 with it
-[ -f "$R/vae-small-a/config.json" ] || $PY train/pretrain_vae.py --preset small --steps 1500 --batch 8 \
-    --chroma-weight 0 --out "$R/vae-small-a"
-[ -f "$R/vae-small/config.json" ] || $PY train/pretrain_vae.py --preset small --init "$R/vae-small-a" --steps 700 \
-    --batch 8 --out "$R/vae-small"
+
+# VAE: 1500 steps without the chroma term, 700 with it, then VAE_STEPS with a cosine decay
+[ -f "$R/vae-a/config.json" ] || $PY train/pretrain_vae.py --preset small --steps 1500 --batch 8 \
+    --chroma-weight 0 --out "$R/vae-a"
+[ -f "$R/vae-b/config.json" ] || $PY train/pretrain_vae.py --preset small --init "$R/vae-a" --steps 700 \
+    --batch 8 --out "$R/vae-b"
+[ -f "$R/vae/config.json" ] || $PY train/pretrain_vae.py --preset small --init "$R/vae-b" --steps "$VAE_STEPS" \
+    --batch 8 --lr 1e-3 --cosine --out "$R/vae"
 
 # the ablation's start: the same weights, with GarmNet switched off in the config
-rm -rf "$R/vae-small-nogarmnet" && cp -r "$R/vae-small" "$R/vae-small-nogarmnet"
-$PY - "$R/vae-small-nogarmnet/config.json" <<'PY'
+rm -rf "$R/vae-nogarmnet" && cp -r "$R/vae" "$R/vae-nogarmnet"
+$PY - "$R/vae-nogarmnet/config.json" <<'PY'
 import json, sys
 p = sys.argv[1]; c = json.load(open(p)); c["use_garmnet"] = False; json.dump(c, open(p, "w"), indent=2)
 PY
 
-$PY train/train.py "${COMMON[@]}" --data "$R/data/train" --init "$R/vae-small" --stage coarse \
+# the latents of every pair, once, for all five runs
+OMP_NUM_THREADS=2 $PY -m train.latent_cache --init "$R/vae" --data "$R/data/train" --cache "$R/cache"
+OMP_NUM_THREADS=2 $PY -m train.latent_cache --init "$R/vae" --data "$R/data/train" --subset "$R/data/hqft.txt" \
+    --resize-list "$R/data/hqft_resize.txt" --cache "$R/cache"
+
+$PY train/train.py "${COMMON[@]}" --data "$R/data/train" --init "$R/vae" --stage coarse \
     --max-steps "$COARSE" --out "$R/full-coarse" &
-$PY train/train.py "${COMMON[@]}" --data "$R/data/train" --init "$R/vae-small-nogarmnet" --stage coarse \
+$PY train/train.py "${COMMON[@]}" --data "$R/data/train" --init "$R/vae-nogarmnet" --stage coarse \
     --max-steps "$COARSE" --out "$R/nogarmnet-coarse" &
 wait
 $PY train/train.py "${COMMON[@]}" --data "$R/data/train" --init "$R/full-coarse/final" --stage fine \
