@@ -29,6 +29,7 @@ from igr_sdk.engines import FILE_KEYS, LISTING, parse_listing, sha256_file
 from train.checkpoint import PART_FILES, load_checkpoint, read_config, read_meta
 
 if TYPE_CHECKING:
+    from export.parser import ParserOptions
     from export.quantize import Int8Options
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class BuildOptions:
     trt_opt_level: int = 3
     timing_cache: Path | None = None
     tolerance: float = 1e-4  # fp32 parity, relative to each output's largest magnitude (plus the same atol)
+    parser: ParserOptions | None = None  # a human parser exported beside the graphs (export/parser.py)
     int8: Int8Options | None = None  # precision int8: calibration and acceptance (None: export.quantize's defaults)
 
 
@@ -181,6 +183,10 @@ def _load_previous(out: Path) -> dict:
 def build(o: BuildOptions) -> dict:
     """Build (or bring up to date) the engine directory ``o.out``; returns the manifest written."""
     h, w, precision = _check_options(o)
+    if o.parser is not None:
+        from export.parser import preflight
+
+        preflight(o.parser)  # a wrong --parser fails now, not after the graphs are built
     engine_id, providers, engine_info = _engine_id(o)
     out = o.out
     out.mkdir(parents=True, exist_ok=True)
@@ -268,6 +274,12 @@ def build(o: BuildOptions) -> dict:
         from export.quantize import quantize_engines
 
         quantize_engines(manifest, out, model, o, prev)
+    if o.parser is not None:
+        from export.parser import build_parser
+
+        manifest["parser"] = build_parser(o.parser, out, prev.get("parser"), o.opset, o.verify)
+    elif isinstance(prev.get("parser"), dict) and _still_valid(out, prev["parser"], None):
+        manifest["parser"] = prev["parser"]  # an exported parser stays while its file is unchanged
     if isinstance(prev.get("examples"), dict) and _still_valid(out, prev["examples"], None):
         manifest["examples"] = prev["examples"]  # bundled examples stay listed while unchanged
     _write_manifest(out, manifest)

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         verify=not args.no_verify,
         trt_opt_level=args.trt_opt_level,
         timing_cache=args.timing_cache,
+        parser=_parser_options(args, ap),
         int8=int8_opts,
     )
     try:

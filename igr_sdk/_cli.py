@@ -23,15 +23,28 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="igr-restore",
         description="Restore the in-shop image of the garment each person wears.",
-        epilog="Example: igr-restore person.jpg --mask mask.png --category upper --engines engines/ --out garment.png",
+        epilog="Example: igr-restore person.jpg --mask mask.png --category upper --engines engines/ --out garment.png "
+        "(without --mask, the engine folder's parser finds the garment)",
     )
     ap.add_argument("persons", nargs="*", type=Path, help="person photo(s)")
-    ap.add_argument("--mask", nargs="+", type=Path, default=[], help="garment mask(s), one per person")
+    ap.add_argument(
+        "--mask",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="garment mask(s), one per person; without, the engine folder's parser finds the garment",
+    )
+    ap.add_argument(
+        "--save-mask",
+        type=Path,
+        metavar="PATH_OR_DIR",
+        help="also write the mask used: an image path for one person, else a folder (<person>_mask.png each)",
+    )
     ap.add_argument(
         "--examples",
         action="store_true",
-        help="restore the examples bundled with the model; --out is a folder that also gets "
-        "sheet.png (person | restored | ground truth)",
+        help="restore the examples bundled with the model (from the photo alone when it has a parser); --out is "
+        "a folder that also gets sheet.png (person | mask | restored | ground truth)",
     )
     ap.add_argument("--category", nargs="+", default=["upper"], help="upper, lower or full; one, or one per person")
     ap.add_argument("--engines", type=Path, help="engine directory (default: the bundled model)")
@@ -61,6 +74,25 @@ def _outputs(persons: list[Path], out: Path) -> list[Path]:
     if len({n.lower() for n in names}) != len(names):
         raise InputError("persons share a file name; restore them in separate calls or rename them")
     return files_in_folder(out, names)
+
+
+def _mask_outputs(persons: list[Path], save_mask: Path | None, outs: list[Path]) -> list[Path]:
+    """Where each mask used goes (none without --save-mask), checked like --out and apart from it."""
+    if save_mask is None:
+        return []
+    if len(persons) == 1 and is_image_path(save_mask):
+        check_writable_file(save_mask, "--save-mask")
+        paths = [save_mask]
+    elif is_image_path(save_mask):
+        raise InputError(
+            f"--save-mask {str(save_mask)!r} is one image but {len(persons)} persons were given; pass a folder"
+        )
+    else:
+        paths = files_in_folder(save_mask, [f"{p.stem}_mask.png" for p in persons])
+    clash = {q.resolve() for q in paths} & {q.resolve() for q in outs}
+    if clash:
+        raise InputError(f"--save-mask and --out both name {sorted(map(str, clash))}; choose different paths")
+    return paths
 
 
 def _check_numbers(args) -> None:
@@ -95,15 +127,20 @@ def _examples(args, restorer_cls) -> int:
     from igr_sdk._manifest import read_manifest
 
     engines = args.engines or default_engine_dir()
-    examples = read_examples(read_manifest(engines))
+    manifest = read_manifest(engines)
+    examples = read_examples(manifest)
+    parsed = "parser" in manifest.raw  # the photo alone: the parser finds each garment
     refuse_inside(args.out, engines, "the engine directory")
     outs = files_in_folder(args.out, [*(f"{e.name}.png" for e in examples), "sheet.png"])
+    mask_outs = _mask_outputs([Path(e.name) for e in examples], args.save_mask, outs)
+    if mask_outs:
+        refuse_inside(args.save_mask, engines, "the engine directory")
     inputs = [p for e in examples for p in (e.person, e.mask, e.ground_truth) if p is not None]
-    refuse_overwriting(outs, inputs)
+    refuse_overwriting([*outs, *mask_outs], inputs)
     restorer = restorer_cls.from_dir(engines, backend=args.backend, device=args.device)
     result = restorer.restore(
         [str(e.person) for e in examples],
-        [str(e.mask) for e in examples],
+        None if parsed else [str(e.mask) for e in examples],
         [e.category for e in examples],
         steps=args.steps,
         guidance_scale=args.guidance,
@@ -111,17 +148,20 @@ def _examples(args, restorer_cls) -> int:
         progress=_bar(args.quiet),
     )
     rows = []
-    for e, img, path in zip(examples, result.images, outs):
+    for m, path in zip(result.masks, mask_outs):
+        write_image(m, path)
+    for e, img, m, path in zip(examples, result.images, result.masks, outs):
         write_image(img, path)
-        row = [Image.fromarray(load_rgb(e.person)), img]
+        row = [Image.fromarray(load_rgb(e.person)), m, img]
         if e.ground_truth is not None:
             row.append(Image.fromarray(load_rgb(e.ground_truth, "ground truth")))
         rows.append(row)
     write_image(sheet(rows, img.height), outs[-1])
     if not args.quiet:
         print(
-            f"wrote {len(examples)} garments and sheet.png (person | restored | ground truth) to {args.out} "
-            f"in {result.timings['total']:.2f} s ({restorer.backend.name})",
+            f"wrote {len(examples)} garments and sheet.png (person | mask | restored | ground truth) to {args.out} "
+            f"in {result.timings['total']:.2f} s ({restorer.backend.name}; "
+            f"{'masks from the parser' if parsed else 'bundled masks'})",
             file=sys.stderr,
         )
     return 0
@@ -154,17 +194,21 @@ def main(argv: list[str] | None = None) -> int:
             return _examples(args, Restorer)
         if not args.persons:
             raise InputError("no person image given (or pass --examples)")
-        if len(args.mask) != len(args.persons):
-            raise InputError(f"got {len(args.persons)} persons but {len(args.mask)} masks; give one mask per person")
+        if args.mask and len(args.mask) != len(args.persons):
+            raise InputError(
+                f"got {len(args.persons)} persons but {len(args.mask)} masks; give one mask per person "
+                "(or none: the parser finds the garments)"
+            )
         if len(args.category) not in (1, len(args.persons)):
             raise InputError(f"got {len(args.category)} categories for {len(args.persons)} persons")
         outs = _outputs(args.persons, args.out)
-        refuse_overwriting(outs, [*args.persons, *args.mask])
+        mask_outs = _mask_outputs(args.persons, args.save_mask, outs)
+        refuse_overwriting([*outs, *mask_outs], [*args.persons, *args.mask])
         restorer = Restorer.from_dir(args.engines, backend=args.backend, device=args.device)
         cats = args.category if len(args.category) > 1 else args.category[0]
         result = restorer.restore(
             [str(p) for p in args.persons],
-            [str(m) for m in args.mask],
+            [str(m) for m in args.mask] if args.mask else None,
             cats,
             steps=args.steps,
             guidance_scale=args.guidance,
@@ -173,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for img, path in zip(result.images, outs):
             write_image(img, path)
+        for m, path in zip(result.masks, mask_outs):
+            write_image(m, path)
     except (InputError, EngineError) as e:
         print(f"igr-restore: error: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,8 @@ Layout (schema ``igr-engines/1``)::
       "constants": {"file": "constants.npz", "sha256": "..."},   # prompt_embeds, uncond_ip_tokens
       "examples": {"file": "examples/examples.json", "sha256": "...",   # optional: bundled examples
                    "data": [{"file": "examples/upper_person.jpg", "sha256": "..."}, ...]},
+      "parser": {"file": "parser.onnx", "sha256": "...", "labels": [...], "categories": {...}, ...},
+                   # optional: the human parser that makes masks from the photo (igr_sdk._parse)
       "graphs": {
         "<graph>": {"engines": {"<engine id>": {
             "file": "...", "sha256": "...", "data": [{"file": "...", "sha256": "..."}],
@@ -132,13 +134,15 @@ class Manifest:
             check_file(path, digest)
 
     def named_files(self) -> list[str]:
-        """Every file name the manifest lists (constants, engines with their data, examples)."""
+        """Every file name the manifest lists (constants, engines with their data, examples, parser)."""
         entries = [self.raw["constants"]]
         for g in self.raw["graphs"].values():
             for e in g["engines"].values():
                 entries += [e, *e.get("data", [])]
         if "examples" in self.raw:
             entries += [self.raw["examples"], *self.raw["examples"].get("data", [])]
+        if "parser" in self.raw:
+            entries += [self.raw["parser"], *self.raw["parser"].get("data", [])]
         return [e["file"] for e in entries]
 
 

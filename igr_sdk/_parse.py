@@ -159,7 +159,7 @@ class Parser:
         self._mean = entry["preprocess"]["mean"]
         self._std = entry["preprocess"]["std"]
         post = entry["postprocess"]
-        self._min_component, self._max_hole = post["min_component"], post["max_hole"]
+        self.min_component, self.max_hole = post["min_component"], post["max_hole"]
         self._entry = entry
         self._device, self._threads = device, threads
         self._session = None
@@ -216,7 +216,7 @@ class Parser:
                 "pass a mask for this category"
             )
         labels = label_map(self.logits(rgb), self.height, self.width)
-        garment = clean(np.isin(labels, ids), self._min_component, self._max_hole)
+        garment = clean(np.isin(labels, ids), self.min_component, self.max_hole)
         if not garment.any():
             names = " or ".join(self.labels[i] for i in ids)
             raise InputError(

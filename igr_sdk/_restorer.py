@@ -1,7 +1,8 @@
 """``Restorer``: garment restoration over an engine directory, torch-free.
 
 Stages of one request (DESIGN.md section 4):
-  1. validate and preprocess inputs (resize and pad, garment crop, mask on the latent grid)
+  1. validate and preprocess inputs (resize and pad, garment crop, mask on the latent grid); with no
+     mask, the engine folder's parser finds the garment in the photo (igr_sdk._parse)
   2. ``image_encoder`` on the garment crop -> IP tokens
   3. ``vae_encoder`` on the person, then ``garmnet`` once -> reference K/V, kept on the device
   4. DDIM: one ``denoiser`` call per step on [uncond x B ; cond x B], CFG combine, numpy update
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,11 +25,22 @@ from PIL import Image
 
 from igr_sdk import _scheduler as ddim
 from igr_sdk._backend import Backend, open_backend
-from igr_sdk._errors import EngineError, NonFiniteError
+from igr_sdk._errors import EngineError, InputError, NonFiniteError
 from igr_sdk._manifest import Manifest, read_constants, read_manifest
-from igr_sdk._preprocess import ImageLike, Prepared, check_count, check_request, prepare, to_image
+from igr_sdk._parse import Parser, open_parser
+from igr_sdk._preprocess import (
+    ImageLike,
+    Prepared,
+    check_count,
+    check_request,
+    load_mask,
+    load_rgb,
+    match_mask,
+    prepare,
+    to_image,
+)
 
-STAGES = ("preprocess", "image_encoder", "vae_encoder", "garmnet", "denoiser", "vae_decoder", "postprocess")
+STAGES = ("preprocess", "parser", "image_encoder", "vae_encoder", "garmnet", "denoiser", "vae_decoder", "postprocess")
 
 
 @dataclass(frozen=True)
@@ -35,10 +48,15 @@ class RestoreResult:
     images: tuple[Image.Image, ...]  # one garment per person, at the engines' resolution
     timings: dict[str, float]  # seconds per stage (STAGES) and "total"
     seeds: tuple[int, ...]
+    masks: tuple[Image.Image, ...] = ()  # the mask used for each person (given or parsed), "L" 0/255, photo size
 
     @property
     def image(self) -> Image.Image:
         return self.images[0]
+
+    @property
+    def mask(self) -> Image.Image:
+        return self.masks[0]
 
 
 class Restorer:
@@ -51,9 +69,12 @@ class Restorer:
     and their device memory; a closed Restorer refuses to restore.
     """
 
-    def __init__(self, manifest: Manifest, backend: Backend, constants: dict[str, np.ndarray]):
+    def __init__(
+        self, manifest: Manifest, backend: Backend, constants: dict[str, np.ndarray], parser: Parser | None = None
+    ):
         self.manifest = manifest
         self.backend = backend
+        self.parser = parser  # the engine folder's human parser, for requests without a mask
         self._closed = False
         # a backend that binds fixed device buffers (TensorRT) serves one request at a time
         self._serial = contextlib.nullcontext() if getattr(backend, "reentrant", False) else threading.Lock()
@@ -106,7 +127,7 @@ class Restorer:
         constants = read_constants(manifest)
         opened = open_backend(manifest, backend, device, threads, cuda_graph=cuda_graph, pinned=pinned)
         try:
-            return cls(manifest, opened, constants)
+            return cls(manifest, opened, constants, open_parser(manifest, device, threads))
         except BaseException:
             opened.close()  # device memory is not left to the garbage collector
             raise
@@ -116,6 +137,8 @@ class Restorer:
         if not self._closed:
             self._closed = True
             self.backend.close()
+            if self.parser is not None:
+                self.parser.close()
 
     def __enter__(self) -> Restorer:
         return self
@@ -127,7 +150,7 @@ class Restorer:
     def restore(
         self,
         person: ImageLike | Sequence[ImageLike],
-        mask: ImageLike | Sequence[ImageLike],
+        mask: ImageLike | Sequence[ImageLike | None] | None = None,
         category: str | Sequence[str] = "upper",
         steps: int = 25,
         guidance_scale: float = 1.5,
@@ -136,7 +159,9 @@ class Restorer:
     ) -> RestoreResult:
         """Restore the garment worn in ``person`` (one image or a list, restored as batches).
 
-        mask: the garment's mask (image or 0/1 array, any size with the person's aspect ratio).
+        mask: the garment's mask (image or 0/1 array, any size with the person's aspect ratio); None
+            (for all, or for some persons of a list): the engine folder's parser finds the garment of
+            the category in the photo. The masks used come back in the result.
         seed: int for all, one per person, or None for fresh seeds (returned in the result).
         progress: called as progress(done_steps, total_steps) after every denoiser step.
         """
@@ -147,12 +172,18 @@ class Restorer:
         timesteps = ddim.ddim_timesteps(steps, sched["num_train_timesteps"], sched["steps_offset"])
         persons, masks, cats, seeds = req.persons, req.masks, req.categories, req.seeds
         n = len(persons)
+        if self.parser is None and any(m is None for m in masks):
+            raise InputError(_NO_PARSER.format(root=self.manifest.root))
 
         timings = dict.fromkeys(STAGES, 0.0)
         t_start = time.perf_counter()
         h, w = self.manifest.resolution
-        prepared = [prepare(p, m, h, w, self.manifest.latent_factor) for p, m in zip(persons, masks)]
-        timings["preprocess"] = time.perf_counter() - t_start
+        prepared, used = [], []
+        for i, (p, m, c) in enumerate(zip(persons, masks, cats)):
+            rgb, m = self._person_and_mask(p, m, c, _name(p, i, n), timings)
+            prepared.append(prepare(rgb, m, h, w, self.manifest.latent_factor))
+            used.append(Image.fromarray(m.astype(np.uint8) * 255))
+        timings["preprocess"] = time.perf_counter() - t_start - timings["parser"]
 
         b = self.manifest.batch
         images: list[Image.Image] = []
@@ -174,7 +205,28 @@ class Restorer:
                 )
             images.extend(out[: len(chunk)])
         timings["total"] = time.perf_counter() - t_start
-        return RestoreResult(tuple(images), timings, tuple(seeds))
+        return RestoreResult(tuple(images), timings, tuple(seeds), tuple(used))
+
+    def parse(self, person: ImageLike, category: str = "upper") -> Image.Image:
+        """The garment of ``category`` that the engine folder's parser finds in ``person``: a mask
+        ("L", 0 or 255) at the photo's size. InputError when there is no parser or no such garment."""
+        if not isinstance(category, str) or category not in self.manifest.categories:
+            raise InputError(f"unknown category {category!r}; expected one of {self.manifest.categories}")
+        if self.parser is None:
+            raise InputError(_NO_PARSER.format(root=self.manifest.root))
+        rgb = load_rgb(person, "person image")
+        return Image.fromarray(self.parser.mask(rgb, category, _name(person, 0, 1)).astype(np.uint8) * 255)
+
+    def _person_and_mask(self, person, mask, category: str, name: str, timings: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The photo (H, W, 3) uint8 and the garment mask (H, W) bool at its size, given or parsed."""
+        rgb = load_rgb(person, "person image")
+        if mask is not None:
+            m = load_mask(mask, "mask")
+            return rgb, match_mask(m, rgb.shape[:2]) if m.any() else m  # prepare() names an empty mask
+        t0 = time.perf_counter()
+        m = self.parser.mask(rgb, category, name)
+        timings["parser"] += time.perf_counter() - t0
+        return rgb, m
 
     # --- one engine batch ------------------------------------------------------------------------
     def _restore_batch(
@@ -275,6 +327,20 @@ class Restorer:
         for name, ref in refs.items():
             require_finite(self.backend.to_host(ref), "garmnet", name)
         require_finite(noise_pred, "denoiser", f"noise_pred at {where}")
+
+
+_NO_PARSER = (
+    "no mask given, and the engine folder {root} has no parser graph to find the garment: pass a mask, "
+    "or export a parser into the folder (python export/build_engines.py --checkpoint CKPT --out DIR "
+    "--parser SEGFORMER_DIR)"
+)
+
+
+def _name(person, index: int, count: int) -> str:
+    """How an error names a person: its file name, else its place in the call."""
+    if isinstance(person, (str, os.PathLike)):
+        return Path(person).name
+    return f"person image {index + 1}" if count > 1 else "the person image"
 
 
 def require_finite(x: np.ndarray, stage: str, what: str, hint: str = "") -> None:

@@ -138,6 +138,8 @@ def validate_manifest(raw: Any, where: str) -> None:
         c.file(examples, "examples")
         c.files(examples, "data", "examples")
     _graphs(c, raw, dims, blocks)
+    if "parser" in raw:
+        _parser(c, c.mapping(raw, "parser"), cats)
 
 
 def _resolution(c: Checker, raw: dict) -> tuple[int, int]:
@@ -268,3 +270,47 @@ def _match_shape(c: Checker, path: str, got: list[int], want: tuple, dims: dict[
             dims[d] = size  # bound here; later tensors must agree
         if size != (dims[d] if isinstance(d, str) else d):
             raise c.fail(path, expected(), got)
+
+
+# --- the optional parser graph (igr_sdk._parse) --------------------------------------------------
+def _parser(c: Checker, p: dict, categories: list[str]) -> None:
+    c.file(p, "parser")
+    c.files(p, "data", "parser")
+    c.text(p, "precision", "parser")
+    c.text(p, "key", "parser", default=None)
+    io = {kind: _tensors(c, p, kind, "parser") for kind in ("inputs", "outputs")}
+    for kind, name in (("inputs", "image"), ("outputs", "logits")):
+        if list(io[kind]) != [name]:
+            raise c.fail(f"parser.{kind}", f"one tensor named {name!r}", sorted(io[kind]))
+        if any(t["dtype"] not in ("float32", "float16") for t in p[kind]):
+            raise c.fail(f"parser.{kind}.{name}.dtype", "float32 or float16", p[kind][0]["dtype"])
+    image, logits = io["inputs"]["image"], io["outputs"]["logits"]
+    if len(image) != 4 or image[:2] != [1, 3]:
+        raise c.fail("parser.inputs.image.shape", "[1, 3, height, width]", image)
+    if len(logits) != 4 or logits[0] != 1 or logits[2] > image[2] or logits[3] > image[3]:
+        raise c.fail("parser.outputs.logits.shape", f"[1, labels, h <= {image[2]}, w <= {image[3]}]", logits)
+    labels = c.items(p, "labels", "parser")
+    names = all(isinstance(x, str) and x for x in labels) and len(set(labels)) == len(labels)
+    if len(labels) != logits[1] or not names:
+        raise c.fail("parser.labels", f"{logits[1]} distinct non-empty names, one per logit channel", labels)
+    cats = c.mapping(p, "categories", "parser")
+    if not cats or not set(cats) <= set(categories):
+        raise c.fail("parser.categories", f"an object whose keys are among {categories}", sorted(cats))
+    for cat, ids in cats.items():
+        ok = isinstance(ids, list) and ids and all(_label_id(i, len(labels)) for i in ids)
+        if not ok or len(set(ids)) != len(ids):
+            raise c.fail(f"parser.categories.{cat}", f"a non-empty list of distinct label ids < {len(labels)}", ids)
+    pre = c.mapping(p, "preprocess", "parser")
+    c.text(pre, "resize", "parser.preprocess", ("stretch",))
+    for key, lo, hi in (("mean", -10.0, 10.0), ("std", 1e-6, 10.0)):
+        v = c.items(pre, key, "parser.preprocess")
+        bad = len(v) != 3 or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v)
+        if bad or not all(math.isfinite(x) and lo <= x <= hi for x in v):
+            raise c.fail(f"parser.preprocess.{key}", f"3 numbers in [{lo:g}, {hi:g}], one per RGB channel", v)
+    post = c.mapping(p, "postprocess", "parser")
+    for key in ("min_component", "max_hole"):
+        c.number(post, key, "parser.postprocess", 0.0, 1.0)
+
+
+def _label_id(i: Any, n: int) -> bool:
+    return not isinstance(i, bool) and isinstance(i, int) and 0 <= i < n
