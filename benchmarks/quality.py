@@ -46,10 +46,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-# Run as a script (python benchmarks/quality.py): make the repository's packages importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:
+    # `python <folder>/<script>.py` from a checkout (README "Running from the repository"): the repository
+    # root replaces this folder on the path, so train/, export/ and benchmarks/ import as packages
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p or ".").resolve() != _here)]
 
 from benchmarks.baselines import segment_and_paste
+from benchmarks.colour import garment_colour_error
 from benchmarks.metrics import DISTS, LPIPS, PSNR_CONVENTION, SSIM_CONVENTION, WeightsError, as_image, psnr, ssim
 from igr_sdk.contract import resolution_arg
 from igr_sdk.preprocess import fit
@@ -61,9 +65,9 @@ System = Callable[[Sample], Image.Image]
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
 BASELINE = "segment-and-paste"
-DEFAULT_METRICS: dict[str, Metric] = {"ssim": ssim, "psnr": psnr}
-HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "lpips": False, "dists": False}
-LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "lpips": "LPIPS", "dists": "DISTS"}
+DEFAULT_METRICS: dict[str, Metric] = {"ssim": ssim, "psnr": psnr, "colour": garment_colour_error}
+HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "colour": False, "lpips": False, "dists": False}
+LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "colour": "colour error (ΔE00)", "lpips": "LPIPS", "dists": "DISTS"}
 DIGITS = {"psnr": 2}  # others: 4
 
 
@@ -122,12 +126,16 @@ def model_system(
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
     v = np.asarray(values, dtype=np.float64)
+    n_nan = int(np.isnan(v).sum())  # the colour error of an all-white garment is undefined
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return {"mean": math.nan, "std": math.nan, "n": 0, "n_inf": 0, "n_nan": n_nan}
     finite = np.isfinite(v)
     if finite.all():
         std = float(v.std())
     else:  # all-inf (an exact system) has no spread; a mix of inf and finite has no meaningful one
         std = 0.0 if (v == v[0]).all() else math.nan
-    return {"mean": float(v.mean()), "std": std, "n": int(v.size), "n_inf": int(np.isinf(v).sum())}
+    return {"mean": float(v.mean()), "std": std, "n": int(v.size), "n_inf": int(np.isinf(v).sum()), "n_nan": n_nan}
 
 
 def evaluate(

@@ -486,7 +486,9 @@ def test_evaluate_perfect_system_and_baseline(tiny_split):
     assert r["pairs"] == 3 and r["size"] == [64, 48]
     perfect, base = r["summary"]["perfect"], r["summary"][BASELINE]
     assert set(perfect) == {"all", *CATEGORIES}
-    assert perfect["all"]["ssim"] == {"mean": 1.0, "std": 0.0, "n": 3, "n_inf": 0}
+    assert perfect["all"]["ssim"] == {"mean": 1.0, "std": 0.0, "n": 3, "n_inf": 0, "n_nan": 0}
+    assert perfect["all"]["colour"]["mean"] == 0.0  # the exact garment has its exact colour
+    assert base["all"]["colour"]["mean"] > 0.0
     assert perfect["all"]["psnr"]["mean"] == math.inf and perfect["all"]["psnr"]["n_inf"] == 3
     assert base["all"]["ssim"]["mean"] < 0.95 and math.isfinite(base["all"]["psnr"]["mean"])
     assert base["all"]["psnr"]["n_inf"] == 0 and base["all"]["psnr"]["std"] > 0
@@ -513,7 +515,7 @@ def test_cli_lpips_and_dists_from_the_default_folder(tiny_split, home_with_weigh
     args = ["--data", str(tiny_split), "--baselines", "--size", "64x48", "--limit", "1", "--lpips", "--dists"]
     r = main([*args, "--out", str(tmp_path / "q")])
     cache = home_with_weights / ".cache" / "igr-sdk" / "metric-weights"
-    assert r["metrics"] == ["ssim", "psnr", "lpips", "dists"]
+    assert r["metrics"] == ["ssim", "psnr", "colour", "lpips", "dists"]
     assert r["run"]["lpips_weights"] == [str(cache / f) for f in LPIPS_FILES]
     assert r["run"]["dists_weights"] == [str(cache / f) for f in DISTS_FILES]
     assert r["summary"][BASELINE]["all"]["lpips"]["mean"] > 0
