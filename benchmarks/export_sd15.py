@@ -20,6 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+if __name__ == "__main__" and not __package__:
+    # `python <folder>/<script>.py` from a checkout (README "Running from the repository"): the repository
+    # root replaces this folder on the path, so train/, export/ and benchmarks/ import as packages
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p or ".").resolve() != _here)]
+
 
 def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB

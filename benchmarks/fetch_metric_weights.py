@@ -44,8 +44,11 @@ from typing import Any
 
 import numpy as np
 
-# Run as a script (python benchmarks/fetch_metric_weights.py): make the repository's packages importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:
+    # `python <folder>/<script>.py` from a checkout (README "Running from the repository"): the repository
+    # root replaces this folder on the path, so train/, export/ and benchmarks/ import as packages
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p or ".").resolve() != _here)]
 
 from benchmarks.metrics import DISTS_FILE, LPIPS_LIN_FILE, VGG16_FILE, default_weights_dir
 

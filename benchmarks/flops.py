@@ -49,10 +49,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # `python <folder>/<script>.py` from a checkout (README "Running from the repository"): the repository
+    # root replaces this folder on the path, so train/, export/ and benchmarks/ import as packages
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p or ".").resolve() != _here)]
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"BuildOptions": "export.build", "build": "export.build", "check_readiness": "export.readiness"}
+_EXPORTS = {
+    "BuildError": "export.errors",
+    "BuildOptions": "export.build",
+    "ReadinessError": "export.readiness",
+    "build": "export.build",
+    "check_readiness": "export.readiness",
+}
 __all__ = sorted(_EXPORTS)
 
 

@@ -25,6 +25,12 @@ import logging
 import sys
 from pathlib import Path
 
+if __name__ == "__main__" and not __package__:
+    # `python <folder>/<script>.py` from a checkout (README "Running from the repository"): the repository
+    # root replaces this folder on the path, so train/, export/ and benchmarks/ import as packages
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p or ".").resolve() != _here)]
+
 from igr_sdk.contract import resolution_arg
 
 _INT8_ARGS = ("calibration", "calibration_pairs", "eval_pairs", "int8_graphs", "int8_reduce_range")

@@ -38,7 +38,8 @@ from torch import nn
 from export import onnx_export
 from export.build import BuildError
 from export.graphs import GraphSpec, TensorSpec
-from igr_sdk._manifest import sha256_file
+from igr_sdk.contract import parse_resolution
+from igr_sdk.engines import sha256_file
 from train.synthetic import GARMENT_PARTS, PARTS
 
 log = logging.getLogger(__name__)
@@ -229,10 +230,7 @@ def preprocessing(folder: Path, known: LabelSet | None, size: tuple[int, int] | 
 
 def parse_size(text: str) -> tuple[int, int]:
     """``HxW`` -> (H, W)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not HxW, e.g. 576x384") from None
+    h, w = parse_resolution(text, "parser size", "576x384")
     if min(h, w) < 32:
         raise ValueError(f"{text!r} is too small; expected at least 32x32")
     return h, w

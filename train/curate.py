@@ -35,8 +35,10 @@ from typing import Any, Protocol
 import numpy as np
 
 if __name__ == "__main__" and not __package__:
-    # `python train/curate.py` without `pip install -e .`: make the repo root importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # `python <folder>/<script>.py` from a checkout (README "Running from the repository"): the repository
+    # root replaces this folder on the path, so train/, export/ and benchmarks/ import as packages
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p or ".").resolve() != _here)]
 
 from train.datasets import DataError, open_dataset
 

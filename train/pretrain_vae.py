@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 if __name__ == "__main__" and not __package__:
-    # `python train/pretrain_vae.py`: the script folder would shadow the `train` package itself
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # `python <folder>/<script>.py` from a checkout (README "Running from the repository"): the repository
+    # root replaces this folder on the path, so train/, export/ and benchmarks/ import as packages
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p or ".").resolve() != _here)]
 
 import numpy as np
 import torch
