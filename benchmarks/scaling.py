@@ -34,11 +34,12 @@ if __name__ == "__main__" and not __package__:
     sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p or ".").resolve() != _here)]
 
 from benchmarks import flops as fl
-from benchmarks.latency import DTYPES, STEP_T, DeviceReference, random_conditions, stats, time_calls
+from benchmarks.latency import DTYPES, STEP_T, random_conditions, stats, time_calls
 from igr_sdk.contract import parse_resolution
 from train.checkpoint import load_checkpoint, new_model
 from train.config import IGRConfig, preset
 from train.model import FORMS, IGRModel
+from train.pipeline import ReferencePipeline
 
 # Valid for ``small`` (multiples of 32); 192x144 and 320x240 are not, so 192x128 and 320x256 stand in.
 DEFAULT_RESOLUTIONS = ((128, 96), (192, 128), (256, 192), (320, 256), (384, 288))
@@ -54,7 +55,7 @@ def measure_point(
     model: IGRModel, config: IGRConfig, batch: int, form: str, repeats: int, warmup: int, device, dtype
 ) -> dict[str, Any]:
     """One (resolution, batch, form) point: step time stats and analytic FLOPs."""
-    ref = DeviceReference(model, device, dtype)
+    ref = ReferencePipeline(model)  # runs on the model's device and dtype
     cond = random_conditions(config, batch, device, dtype)
     step = ref.step_fn(cond, form)  # GarmNet (+ K/V cache) runs here, outside the timing
     h, w = config.latent_size
