@@ -108,7 +108,7 @@ def test_synthetic_folder_items_match_the_generator(synthetic):
         assert s.garment.shape == (256, 192, 3) and s.garment.dtype == np.uint8
         assert s.mask.shape == (256, 192) and s.mask.dtype == bool
         assert np.array_equal(s.mask, ref.mask)  # PNG is lossless
-        assert np.abs(s.person.astype(int) - ref.person).mean() < 4  # JPEG q95 is close (about 3 levels on garment-framed photos)
+        assert np.abs(s.person.astype(int) - ref.person).mean() < 4  # JPEG q95: about 3 levels
         assert ds.metadata(i)["flags"] == list(ref.flags)
     assert ds[-1].name == "00005_00"
     with pytest.raises(IndexError):
