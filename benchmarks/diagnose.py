@@ -86,7 +86,9 @@ class Ladder:
         self.prediction_type = check_prediction_type(s.prediction_type)
         if max(TIMESTEPS) >= s.num_train_timesteps:
             raise ValueError(f"the ladder needs t up to {max(TIMESTEPS)}; the checkpoint has {s.num_train_timesteps}")
-        self.alpha_bar = alphas_cumprod(s.beta_start, s.beta_end, s.num_train_timesteps, s.beta_schedule)
+        self.alpha_bar = alphas_cumprod(
+            s.beta_start, s.beta_end, s.num_train_timesteps, s.beta_schedule, s.rescale_betas_zero_snr
+        )
         self.steps = steps
 
     def _decode(self, latent: np.ndarray) -> Image.Image:

@@ -82,9 +82,14 @@ class Restorer:
         self._uncond_ip = constants["uncond_ip_tokens"]  # (1, T_ip, C)
         sched = manifest.raw["scheduler"]
         self._alpha_bar = ddim.alphas_cumprod(
-            sched["beta_start"], sched["beta_end"], sched["num_train_timesteps"], sched["beta_schedule"]
+            sched["beta_start"],
+            sched["beta_end"],
+            sched["num_train_timesteps"],
+            sched["beta_schedule"],
+            sched.get("rescale_betas_zero_snr", False),
         )
         self._final_alpha_bar = 1.0 if sched["set_alpha_to_one"] else float(self._alpha_bar[0])
+        self._train_timesteps = int(sched["num_train_timesteps"])
         self._prediction_type = sched.get("prediction_type")
         if self._prediction_type not in ddim.PREDICTION_TYPES:
             raise EngineError(
@@ -169,7 +174,9 @@ class Restorer:
             raise EngineError("this Restorer is closed; open another with Restorer.from_dir")
         req = check_request(person, mask, category, guidance_scale, seed, self.manifest.categories)
         sched = self.manifest.raw["scheduler"]
-        timesteps = ddim.ddim_timesteps(steps, sched["num_train_timesteps"], sched["steps_offset"])
+        timesteps = ddim.ddim_timesteps(
+            steps, sched["num_train_timesteps"], sched["steps_offset"], sched.get("timestep_spacing", "leading")
+        )
         persons, masks, cats, seeds = req.persons, req.masks, req.categories, req.seeds
         n = len(persons)
         if self.parser is None and any(m is None for m in masks):
@@ -288,7 +295,7 @@ class Restorer:
             **refs,
         }
         for i, t in enumerate(timesteps):
-            prev = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
+            prev = ddim.previous_timestep(t, len(timesteps), self._train_timesteps)
             feeds = {
                 "sample": cast("denoiser", "sample", np.concatenate([x, x])),
                 "timestep": cast("denoiser", "timestep", np.array([t], dtype=np.float32)),

@@ -4,6 +4,14 @@ Matches diffusers' ``DDIMScheduler`` with the configuration in DESIGN.md section
 betas, "leading" timestep spacing with ``steps_offset``, no clipping and ``set_alpha_to_one=False``
 (the last step steps towards alpha_bar[0], not 1).
 
+Models trained from scratch may instead use a zero-terminal-SNR schedule with "trailing" timesteps
+(Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"): SD1.5's schedule
+leaves sqrt(alpha_bar[999]) = 0.068 of the clean latent in the most-noised training input, so a
+model learns to read the image's mean colour and layout from it, and sampling, which starts from
+pure noise, cannot. Rescaling the betas so that alpha_bar[T - 1] = 0 and starting sampling at
+t = T - 1 removes that mismatch. It needs v-prediction: at alpha_bar = 0 the noise is the input
+itself and says nothing of x0.
+
 The model output is read as one of two parametrisations of x_t = sqrt(a) x0 + sqrt(1 - a) eps,
 with a = alpha_bar[t]:
 
@@ -20,6 +28,7 @@ import numpy as np
 from igr_sdk._errors import InputError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+TIMESTEP_SPACINGS = ("leading", "trailing")
 
 
 def alphas_cumprod(
@@ -27,6 +36,7 @@ def alphas_cumprod(
     beta_end: float = 0.012,
     num_train_timesteps: int = 1000,
     beta_schedule: str = "scaled_linear",
+    rescale_betas_zero_snr: bool = False,
 ) -> np.ndarray:
     """alpha_bar_t = prod_{s <= t} (1 - beta_s), shape (T,), float64."""
     if beta_schedule == "scaled_linear":
@@ -35,33 +45,66 @@ def alphas_cumprod(
         betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
     else:
         raise ValueError(f"beta_schedule {beta_schedule!r} is not supported; expected scaled_linear or linear")
-    return np.cumprod(1.0 - betas)
+    a_bar = np.cumprod(1.0 - betas)
+    if rescale_betas_zero_snr:
+        a_bar = zero_terminal_snr(a_bar)
+    return a_bar
+
+
+def zero_terminal_snr(a_bar: np.ndarray) -> np.ndarray:
+    """Lin et al. 2024, algorithm 1: shift and scale sqrt(alpha_bar) so that its last value is 0 and
+    its first is unchanged; (T,) -> (T,). The betas this implies are 1 - a_bar[t] / a_bar[t - 1]."""
+    root = np.sqrt(a_bar)
+    first, last = root[0], root[-1]
+    root = (root - last) * (first / (first - last))
+    return root**2
 
 
 def ddim_timesteps(
     steps: int, num_train_timesteps: int = 1000, steps_offset: int = 1, timestep_spacing: str = "leading"
 ) -> np.ndarray:
-    """The sampling timesteps, descending. 25 steps give 961, 921, ..., 41, 1."""
+    """The sampling timesteps, descending. 25 steps give 961, 921, ..., 41, 1 ("leading") or
+    999, 959, ..., 79, 39 ("trailing", which ignores steps_offset)."""
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
         raise InputError(f"steps must be an integer >= 1, got {steps!r}")
-    limit = max_steps(num_train_timesteps, steps_offset)
+    check_timestep_spacing(timestep_spacing)
+    limit = max_steps(num_train_timesteps, steps_offset, timestep_spacing)
     if steps > limit:
         raise InputError(
-            f"steps must be at most {limit} for a {num_train_timesteps}-step schedule with steps_offset "
-            f"{steps_offset}, got {steps}"
+            f"steps must be at most {limit} for a {num_train_timesteps}-step schedule with "
+            f"{timestep_spacing!r} spacing and steps_offset {steps_offset}, got {steps}"
         )
-    if timestep_spacing != "leading":
-        raise ValueError(f"timestep_spacing {timestep_spacing!r} is not supported; expected 'leading'")
+    if timestep_spacing == "trailing":
+        # evenly spaced down from the last training timestep, built as diffusers builds them (the
+        # rounding of .5 cases depends on it); its arange yields one value too many for some step counts
+        ratio = num_train_timesteps / steps
+        return np.round(np.arange(num_train_timesteps, 0, -ratio))[:steps].astype(np.int64) - 1
     ratio = num_train_timesteps // steps
     return (np.arange(steps, dtype=np.int64) * ratio)[::-1] + steps_offset
 
 
-def max_steps(num_train_timesteps: int = 1000, steps_offset: int = 1) -> int:
-    """The most steps whose "leading" timesteps, offset included, all lie inside the schedule."""
+def previous_timestep(t: int, steps: int, num_train_timesteps: int = 1000) -> int:
+    """The timestep a DDIM step from t lands on: t - T // steps, as diffusers' DDIMScheduler.step
+    computes it for every spacing (negative: the step lands on the final alpha_bar)."""
+    return int(t) - num_train_timesteps // steps
+
+
+def max_steps(num_train_timesteps: int = 1000, steps_offset: int = 1, timestep_spacing: str = "leading") -> int:
+    """The most steps whose timesteps, offset included, all lie inside the schedule."""
+    if timestep_spacing == "trailing":
+        return num_train_timesteps
     for n in range(num_train_timesteps, 0, -1):
         if (n - 1) * (num_train_timesteps // n) + steps_offset < num_train_timesteps:
             return n
     return 0
+
+
+def check_timestep_spacing(timestep_spacing: str) -> str:
+    if timestep_spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(
+            f"timestep_spacing {timestep_spacing!r} is not supported; expected one of {', '.join(TIMESTEP_SPACINGS)}"
+        )
+    return timestep_spacing
 
 
 def check_prediction_type(prediction_type: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from igr_sdk._errors import EngineError
 from igr_sdk._preprocess import MAX_GUIDANCE
-from igr_sdk._scheduler import max_steps
+from igr_sdk._scheduler import TIMESTEP_SPACINGS, max_steps
 from igr_sdk.contract import CLIP_SIZE, GRAPHS, LATENT_CHANNELS
 
 DTYPES = ("float32", "float16", "int32", "int64")
@@ -173,11 +173,17 @@ def _scheduler(c: Checker, raw: dict) -> int:
         raise c.fail("scheduler.beta_end", f"a number in [beta_start = {start:g}, 1)", end)
     c.text(s, "beta_schedule", p, BETA_SCHEDULES)
     offset = c.integer(s, "steps_offset", p, lo=0, hi=t - 1)
-    c.text(s, "timestep_spacing", p, ("leading",), default="leading")
+    spacing = c.text(s, "timestep_spacing", p, TIMESTEP_SPACINGS, default="leading")
     c.flag(s, "set_alpha_to_one", p)
     if c.flag(s, "clip_sample", p, default=False):
         raise c.fail("scheduler.clip_sample", "false (the runtime's DDIM does not clip)", True)
-    return max_steps(t, offset)
+    if c.flag(s, "rescale_betas_zero_snr", p, default=False) and s.get("prediction_type") == "epsilon":
+        raise c.fail(
+            "scheduler.prediction_type",
+            "'v_prediction' with rescale_betas_zero_snr (at alpha_bar = 0 an epsilon prediction says nothing of x0)",
+            "epsilon",
+        )
+    return max_steps(t, offset, spacing)
 
 
 # --- graphs and their tensor shapes --------------------------------------------------------------

@@ -8,22 +8,30 @@ from __future__ import annotations
 
 from igr_sdk._scheduler import (
     PREDICTION_TYPES,
+    TIMESTEP_SPACINGS,
     alphas_cumprod,
     check_prediction_type,
+    check_timestep_spacing,
     ddim_step,
     ddim_timesteps,
     guided,
     max_steps,
+    previous_timestep,
     x0_and_eps,
+    zero_terminal_snr,
 )
 
 __all__ = [
     "PREDICTION_TYPES",
+    "TIMESTEP_SPACINGS",
     "alphas_cumprod",
     "check_prediction_type",
+    "check_timestep_spacing",
     "ddim_step",
     "ddim_timesteps",
     "guided",
     "max_steps",
+    "previous_timestep",
     "x0_and_eps",
+    "zero_terminal_snr",
 ]

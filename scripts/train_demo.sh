@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Trains the bundled demo model (the `small` preset on synthetic try-off data) and the two trained
-# ablations of the quality benchmark, on CPU, with equal budgets:
+# ablations of the quality benchmark, on CPU:
 #   full        coarse (all pairs) COARSE steps, then fine (curated HQFT subset) FINE steps
 #   no_garmnet  the same two stages with use_garmnet=False (IP-Adapter only)
 #   no_hqft     coarse COARSE steps, then FINE more coarse steps on all pairs (no fine stage)
-# The recipe (README, "The demo model"): v-prediction, Min-SNR-5 weighting, an EMA of the weights
-# (what checkpoints hold), VAE latents cached once, photos framed around the garment. The VAE has
-# no pretrained weights at this size: it is pre-trained first (train/pretrain_vae.py); the CLIP
+# These first three use SD1.5's noise schedule, v-prediction, Min-SNR-5 weighting, an EMA of the
+# weights (what checkpoints hold), VAE latents cached once, photos framed around the garment. The VAE
+# has no pretrained weights at this size: it is pre-trained first (train/pretrain_vae.py); the CLIP
 # image encoder is trained jointly with IGR.
+# Then the shipped model (README, "The demo model"): `full` moved to a zero-terminal-SNR schedule
+# with trailing timesteps (ZT_COARSE steps on all pairs, ZT_FINE on the HQFT subset, plain v loss),
+# while its VAE decoder is fine-tuned alone on garments (DEC_STEPS) with the encoder, and so the
+# latents, fixed; train/swap_decoder.py joins the two into $RUNS/demo.
 # One thread per process: two runs share the two cores without oversubscribing them.
 # Everything resumes: run the script again after an interruption.
 set -euo pipefail
@@ -16,6 +20,9 @@ R=${RUNS:-runs}
 COARSE=${COARSE:-2400}
 FINE=${FINE:-450}
 VAE_STEPS=${VAE_STEPS:-3000}
+ZT_COARSE=${ZT_COARSE:-4500}
+ZT_FINE=${ZT_FINE:-450}
+DEC_STEPS=${DEC_STEPS:-6000}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1
 COMMON=(--preset small --batch-size 4 --lr 3e-4 --warmup-steps 100 --train-image-encoder
@@ -59,4 +66,18 @@ $PY train/train.py "${COMMON[@]}" --data "$R/data/train" --init "$R/full-coarse/
 $PY train/train.py "${COMMON[@]}" --data "$R/data/train" --init "$R/nogarmnet-coarse/final" --stage fine \
     --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$FINE" --out "$R/nogarmnet-fine" &
 wait
-echo "models: $R/full-fine/final (demo), $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"
+
+# the shipped model: zero-terminal SNR for the denoiser, decoder-only fine-tuning for the VAE, side by side
+ZT=(--preset small --batch-size 4 --lr 2e-4 --warmup-steps 100 --train-image-encoder
+    --prediction-type v_prediction --zero-terminal-snr --ema-decay 0.999
+    --guidance-scale "${GUIDANCE:-1.5}" --latent-cache "$R/cache"
+    --save-every 300 --val-every 900 --val-steps 25 --resume -q)
+( $PY train/train.py "${ZT[@]}" --data "$R/data/train" --init "$R/full-fine/final" --stage coarse \
+    --max-steps "$ZT_COARSE" --out "$R/zt-coarse"
+  $PY train/train.py "${ZT[@]}" --data "$R/data/train" --init "$R/zt-coarse/final" --stage fine \
+    --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$ZT_FINE" --out "$R/zt-fine" ) &
+[ -f "$R/vae-dec/config.json" ] || $PY train/pretrain_vae.py --init "$R/full-fine/final" --decoder-only \
+    --steps "$DEC_STEPS" --batch 8 --lr 5e-4 --cosine --out "$R/vae-dec" &
+wait
+$PY -m train.swap_decoder --model "$R/zt-fine/final" --decoder "$R/vae-dec" --out "$R/demo"
+echo "models: $R/demo (shipped), $R/full-fine/final, $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"

@@ -52,7 +52,12 @@ CASES = [
     ("scheduler.num_train_timesteps", 0, r"'scheduler.num_train_timesteps' must be an integer in \[2, 100000\]"),
     ("scheduler.steps_offset", 1000, r"'scheduler.steps_offset' must be an integer in \[0, 999\], got 1000"),
     ("scheduler.beta_schedule", "cosine", r"'scheduler.beta_schedule' must be one of \['scaled_linear', 'linear'\]"),
-    ("scheduler.timestep_spacing", "trailing", r"'scheduler.timestep_spacing' must be one of \['leading'\]"),
+    (
+        "scheduler.timestep_spacing",
+        "linspace",
+        r"'scheduler.timestep_spacing' must be one of \['leading', 'trailing'\]",
+    ),
+    ("scheduler.rescale_betas_zero_snr", 1, r"'scheduler.rescale_betas_zero_snr' must be true or false, got 1"),
     ("scheduler.clip_sample", True, r"'scheduler.clip_sample' must be false"),
     ("scheduler.set_alpha_to_one", "no", r"'scheduler.set_alpha_to_one' must be true or false, got 'no'"),
     ("scheduler", [], r"key 'scheduler' must be an object, got \[\]"),
@@ -112,6 +117,14 @@ def test_malformed_manifest_is_named(good, tmp_path, path, value, message):
         read_manifest(d)
 
 
+def test_zero_terminal_snr_needs_v_prediction(good, tmp_path):
+    m = _set(_set(good, "scheduler.rescale_betas_zero_snr", True), "scheduler.prediction_type", "epsilon")
+    with pytest.raises(EngineError, match=r"'scheduler.prediction_type' must be 'v_prediction' with rescale_betas"):
+        read_manifest(_write(tmp_path / "e", m))
+    m = _set(_set(m, "scheduler.prediction_type", "v_prediction"), "scheduler.timestep_spacing", "trailing")
+    assert read_manifest(_write(tmp_path / "ok", m)).raw["scheduler"]["rescale_betas_zero_snr"] is True
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -147,7 +160,19 @@ class _NoBackend:
 
 
 # keys the runtime does not read, or reads only when present, and values any number may take
-OPTIONAL = {"key", "onnx", "gpu", "sm", "trt_version", "data", "resolution", "batch", "timestep_spacing", "clip_sample"}
+OPTIONAL = {
+    "key",
+    "onnx",
+    "gpu",
+    "sm",
+    "trt_version",
+    "data",
+    "resolution",
+    "batch",
+    "timestep_spacing",
+    "clip_sample",
+    "rescale_betas_zero_snr",
+}
 
 
 def _may_change(path: str) -> bool:

@@ -159,3 +159,36 @@ def test_recipe_run_resumes_bit_exactly_and_saves_the_average(data, tmp_path):
     raw = load_file(str(tmp_path / "a" / "state" / "model.safetensors"))
     w = a.denoiser.conv_in.weight
     assert not torch.equal(raw["igr.denoiser.conv_in.weight"], w)
+
+
+def test_zero_terminal_snr_run_records_its_schedule(data, tmp_path):
+    kw = dict(preset="tiny", data=(str(data),), max_steps=2, batch_size=2, val_every=0, val_count=0)
+    train(TrainConfig(out=str(tmp_path / "z"), prediction_type="v_prediction", zero_terminal_snr=True, **kw))
+    s = load_checkpoint(tmp_path / "z" / "final").config.scheduler
+    assert (s.rescale_betas_zero_snr, s.timestep_spacing, s.prediction_type) == (True, "trailing", "v_prediction")
+    # the objective trains the last timestep on pure noise: there v = -z0
+    model = load_checkpoint(tmp_path / "z" / "final")
+    obj = DiffusionObjective(model)
+    z0, noise = torch.randn(1, 4, 8, 6), torch.randn(1, 4, 8, 6)
+    t = torch.tensor([999])
+    assert alphas_cumprod(s)[999] == 0.0
+    torch.testing.assert_close(obj.add_noise(z0, noise, t), noise)
+    torch.testing.assert_close(obj.target(z0, noise, t), -z0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"prediction_type": "epsilon"},
+            r"zero-terminal-SNR schedule needs --prediction-type v_prediction, got 'epsilon'",
+        ),
+        ({"prediction_type": "v_prediction", "snr_gamma": 5.0}, r"--snr-gamma 5 with a zero-terminal-SNR schedule"),
+    ],
+)
+def test_zero_terminal_snr_refuses_what_breaks_it(data, tmp_path, extra, message):
+    from train.trainconfig import TrainError
+
+    kw = dict(preset="tiny", data=(str(data),), max_steps=1, batch_size=2, val_every=0, val_count=0)
+    with pytest.raises(TrainError, match=message):
+        train(TrainConfig(out=str(tmp_path / "z"), zero_terminal_snr=True, **kw, **extra))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from igr_sdk._scheduler import alphas_cumprod, ddim_step, ddim_timesteps, guided, x0_and_eps
+from igr_sdk._scheduler import alphas_cumprod, ddim_step, ddim_timesteps, guided, previous_timestep, x0_and_eps
 
 SD15_25 = [
     961,
@@ -156,3 +156,88 @@ def test_guidance_on_v_equals_guidance_on_the_eps_it_implies():
 def test_bad_step_counts_are_refused(steps):
     with pytest.raises(ValueError, match="steps must be"):
         ddim_timesteps(steps)
+
+
+# --- zero-terminal-SNR betas with trailing timesteps (Lin et al. 2024) ------------------------------
+TRAILING_25 = [999, 959, 919, 879, 839, 799, 759, 719, 679, 639, 599, 559, 519]
+TRAILING_25 += [479, 439, 399, 359, 319, 279, 239, 199, 159, 119, 79, 39]
+
+
+def _zero_snr_config():
+    import dataclasses
+
+    from train.config import SchedulerConfig
+
+    return dataclasses.replace(
+        SchedulerConfig(), prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
+    )
+
+
+def test_25_trailing_steps_are_the_literal_list():
+    assert ddim_timesteps(25, timestep_spacing="trailing").tolist() == TRAILING_25
+
+
+def test_trailing_timesteps_match_diffusers_for_every_step_count():
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler(**_zero_snr_config().diffusers_kwargs())
+    for steps in range(1, 1001):
+        s.set_timesteps(steps)
+        mine = ddim_timesteps(steps, timestep_spacing="trailing")
+        # diffusers' np.arange yields one extra timestep (-1) for a few counts (61, 103, ...); the
+        # first `steps` agree, and ours never leave [0, T)
+        assert mine.tolist() == s.timesteps.tolist()[:steps], steps
+        assert len(mine) == steps and mine.min() >= 0, steps
+
+
+def test_zero_snr_alphas_match_diffusers_and_end_at_zero():
+    from diffusers import DDIMScheduler
+
+    ref = DDIMScheduler(**_zero_snr_config().diffusers_kwargs()).alphas_cumprod.double().numpy()
+    a = alphas_cumprod(rescale_betas_zero_snr=True)
+    assert a[-1] == 0.0 and ref[-1] == 0.0
+    np.testing.assert_allclose(a[:-1], ref[:-1], rtol=5e-5, atol=0)
+    # the first value is kept, so the least-noised step is SD1.5's
+    assert a[0] == pytest.approx(alphas_cumprod()[0], rel=1e-12)
+
+
+def test_zero_snr_25_step_trajectory_matches_diffusers():
+    import torch
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler(**_zero_snr_config().diffusers_kwargs())
+    s.set_timesteps(25)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 4, 8, 6), dtype=np.float32)
+    ref = torch.from_numpy(x.copy())
+    a = alphas_cumprod(rescale_betas_zero_snr=True)
+    for i, t in enumerate(ddim_timesteps(25, timestep_spacing="trailing")):
+        v = rng.standard_normal(x.shape, dtype=np.float32)
+        x = ddim_step(x, v, int(t), previous_timestep(t, 25), a, final_alpha_bar=a[0], prediction_type="v_prediction")
+        ref = s.step(torch.from_numpy(v), int(t), ref).prev_sample
+        np.testing.assert_allclose(x, ref.numpy(), rtol=1e-4, atol=1e-4, err_msg=f"step {i}, t = {t}")
+
+
+def test_first_zero_snr_step_reads_x0_from_v_alone():
+    # at alpha_bar = 0 the input is pure noise: x0 = -v and eps = x_t, whatever x_t holds
+    a = alphas_cumprod(rescale_betas_zero_snr=True)
+    rng = np.random.default_rng(2)
+    x, v = rng.standard_normal((2, 1, 4, 3, 3))
+    x0, eps = x0_and_eps(x, v, a[999], "v_prediction")
+    np.testing.assert_array_equal(x0, -v)
+    np.testing.assert_array_equal(eps, x)
+
+
+def test_previous_timestep_is_diffusers_rule():
+    # t - T // steps for every spacing: 30 trailing steps go 999 -> 966 though the next listed is 966
+    assert previous_timestep(999, 25) == 959
+    assert previous_timestep(39, 25) == -1
+    assert previous_timestep(999, 30) == 966
+    assert ddim_timesteps(30, timestep_spacing="trailing").tolist()[:2] == [999, 966]
+
+
+def test_unknown_spacing_is_named():
+    with pytest.raises(
+        ValueError, match=r"timestep_spacing 'linspace' is not supported; expected one of leading, trailing"
+    ):
+        ddim_timesteps(25, timestep_spacing="linspace")

@@ -111,7 +111,12 @@ class ImageEncoderConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """SD1.5's DDIM constants (DESIGN.md section 2)."""
+    """SD1.5's DDIM constants (DESIGN.md section 2).
+
+    ``rescale_betas_zero_snr`` with ``timestep_spacing="trailing"`` is the zero-terminal-SNR
+    schedule of Lin et al. 2024 (igr_sdk/_scheduler.py says why), for v-prediction models trained
+    from scratch; SD1.5 weights keep SD1.5's schedule.
+    """
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
@@ -122,6 +127,7 @@ class SchedulerConfig:
     set_alpha_to_one: bool = False
     prediction_type: str = "epsilon"
     clip_sample: bool = False
+    rescale_betas_zero_snr: bool = False
 
     def diffusers_kwargs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -151,8 +151,28 @@ def build_model(cfg: TrainConfig, saved_config: dict[str, Any] | None) -> IGRMod
         c = dataclasses.replace(c, cond_drop_prob=cfg.cond_drop_prob)
     if cfg.prediction_type is not None:
         c = dataclasses.replace(c, scheduler=dataclasses.replace(c.scheduler, prediction_type=cfg.prediction_type))
+    if cfg.zero_terminal_snr is not None:
+        spacing = "trailing" if cfg.zero_terminal_snr else "leading"
+        c = dataclasses.replace(
+            c,
+            scheduler=dataclasses.replace(
+                c.scheduler, rescale_betas_zero_snr=cfg.zero_terminal_snr, timestep_spacing=spacing
+            ),
+        )
     if cfg.guidance_scale is not None:
         c = dataclasses.replace(c, guidance_scale=cfg.guidance_scale)
+    if c.scheduler.rescale_betas_zero_snr:
+        if c.scheduler.prediction_type != "v_prediction":
+            raise TrainError(
+                "a zero-terminal-SNR schedule needs --prediction-type v_prediction, "
+                f"got {c.scheduler.prediction_type!r}: "
+                "at alpha_bar = 0 the noise is the input itself and an epsilon prediction says nothing of x0"
+            )
+        if cfg.snr_gamma is not None:
+            raise TrainError(
+                f"--snr-gamma {cfg.snr_gamma:g} with a zero-terminal-SNR schedule: Min-SNR weights the v error by "
+                "min(SNR, gamma) / (SNR + 1), which is 0 at the last timestep, where sampling starts; leave it off"
+            )
     model.config = c  # none of these change the architecture
     return model
 

@@ -38,6 +38,7 @@ def alphas_cumprod(config: SchedulerConfig) -> torch.Tensor:
         beta_end=config.beta_end,
         beta_schedule=config.beta_schedule,
         prediction_type=config.prediction_type,
+        rescale_betas_zero_snr=config.rescale_betas_zero_snr,
     )
     return sched.alphas_cumprod.to(torch.float32)
 

@@ -131,7 +131,8 @@ class ReferencePipeline:
         form: str = "cached",
     ) -> ReferenceResult:
         req = check_request(person, mask, category, guidance_scale, seed, CATEGORIES)
-        ddim_timesteps(steps, self.config.scheduler.num_train_timesteps)  # the same step-count check as the SDK
+        s = self.config.scheduler
+        ddim_timesteps(steps, s.num_train_timesteps, s.steps_offset, s.timestep_spacing)  # the SDK's step-count check
         persons, masks, categories, seeds = req.persons, req.masks, req.categories, tuple(req.seeds)
 
         decoded, latents = self.sample(self.prepare(persons, masks), categories, steps, guidance_scale, seeds, form)

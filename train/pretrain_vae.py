@@ -40,8 +40,11 @@ from train.synthetic import make_pair, pair_seed
 log = logging.getLogger(__name__)
 
 
-def batches(seed: int, size: tuple[int, int], batch: int, crop: tuple[int, int] | None = None):
-    """An endless, seeded stream of (B, 3, h, w) images in [-1, 1]: persons and flat garments, alternating.
+def batches(
+    seed: int, size: tuple[int, int], batch: int, crop: tuple[int, int] | None = None, garments_only: bool = False
+):
+    """An endless, seeded stream of (B, 3, h, w) images in [-1, 1]: persons and flat garments, alternating
+    (or garments alone: the only images IGR ever decodes).
 
     The VAE is convolutional, so it learns as well from random crops as from whole images at a
     fraction of the cost; ``crop`` (h, w) sets their size.
@@ -54,7 +57,7 @@ def batches(seed: int, size: tuple[int, int], batch: int, crop: tuple[int, int] 
         imgs = []
         for _ in range(batch):
             pair = make_pair(pair_seed(seed, index // 2), size)
-            rgb = pair.person if index % 2 == 0 else pair.garment
+            rgb = pair.garment if garments_only or index % 2 else pair.person
             full = fit(rgb, np.ones(rgb.shape[:2], bool), h, w)[0]
             y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
             imgs.append(full[y : y + ch, x : x + cw])
@@ -79,19 +82,28 @@ def train_vae(
     chroma_weight: float = 2.0,
     log_every: int = 50,
     cosine: bool = False,
+    decoder_only: bool = False,
 ):
     vae = model.vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    # decoder_only keeps the encoder, and so every latent a trained denoiser has learned, fixed:
+    # only how latents become pixels improves
+    params = [
+        p for n, p in vae.named_parameters() if not decoder_only or n.startswith(("decoder.", "post_quant_conv."))
+    ]
+    for n, p in vae.named_parameters():
+        p.requires_grad_(not decoder_only or n.startswith(("decoder.", "post_quant_conv.")))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     # a cosine decay to 1% of lr: the last few hundred steps at a small rate buy several dB of PSNR
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * min(i, steps) / steps)) if cosine else 1.0
     )
-    data = batches(seed, (model.config.height, model.config.width), batch, crop)
+    data = batches(seed, (model.config.height, model.config.width), batch, crop, garments_only=decoder_only)
     history = []
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         x = next(data)
-        post = vae.encode(x).latent_dist
+        with torch.set_grad_enabled(not decoder_only):
+            post = vae.encode(x).latent_dist
         rec = vae.decode(post.mean).sample
         # without the chroma term a small VAE settles on grey reconstructions for thousands of steps:
         # luminance explains most of an RGB loss, and garment identity is mostly colour
@@ -99,13 +111,13 @@ def train_vae(
             F.l1_loss(rec, x)
             + F.mse_loss(rec, x)
             + chroma_weight * F.l1_loss(chroma(rec), chroma(x))
-            + kl_weight * post.kl().mean()
+            + (0.0 if decoder_only else kl_weight * post.kl().mean())
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         if step % log_every == 0 or step == steps:
             log.info(
                 "vae step %d/%d loss %.4f (%.2f steps/s)",
@@ -139,23 +151,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", type=Path, help="continue from this checkpoint's VAE")
     ap.add_argument("--chroma-weight", type=float, default=2.0, help="weight of the colour (chroma) L1 term")
     ap.add_argument("--cosine", action="store_true", help="decay the learning rate to 1%% of --lr on a cosine")
+    ap.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="train only the decoder, on garments, keeping the encoder and the latent scaling factor "
+        "(the latents of a trained IGR model stay valid; its denoiser is kept too)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     model = load_checkpoint(args.init) if args.init else new_model(preset(args.preset), seed=0)
     t0 = time.perf_counter()
     crop = args.crop
+    if args.decoder_only and not args.init:
+        ap.error("--decoder-only needs --init: it fine-tunes the decoder of a trained VAE")
     history = train_vae(
-        model, args.steps, args.batch, args.lr, args.seed, crop, chroma_weight=args.chroma_weight, cosine=args.cosine
+        model,
+        args.steps,
+        args.batch,
+        args.lr,
+        args.seed,
+        crop,
+        chroma_weight=args.chroma_weight,
+        cosine=args.cosine,
+        decoder_only=args.decoder_only,
     )
-    scale = latent_scale(model, args.seed)
-    c = model.config
-    model.config = dataclasses.replace(c, vae=dataclasses.replace(c.vae, scaling_factor=round(scale, 5)))
-    log.info("latent scaling factor %.5f", scale)
+    if not args.decoder_only:
+        scale = latent_scale(model, args.seed)
+        c = model.config
+        model.config = dataclasses.replace(c, vae=dataclasses.replace(c.vae, scaling_factor=round(scale, 5)))
+        log.info("latent scaling factor %.5f", scale)
     save_checkpoint(
         model,
         args.out,
         meta={
-            "stage": "vae",
+            "stage": "vae-decoder" if args.decoder_only else "vae",
             "steps": args.steps,
             "batch": args.batch,
             "lr": args.lr,

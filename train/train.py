@@ -136,6 +136,13 @@ def parser() -> argparse.ArgumentParser:
     a("--resume", action="store_true", help="continue from RUN/state when there is one")
     a("--prediction-type", choices=PREDICTION_TYPES, default=None, help="default: the model config's")
     a("--guidance-scale", type=float, default=None, help="CFG scale stored in the model (default: the config's)")
+    a(
+        "--zero-terminal-snr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="zero-terminal-SNR betas with trailing timesteps (Lin et al. 2024; v-prediction only); "
+        "default: the model config's",
+    )
     a("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting, e.g. 5 (default: off)")
     a("--ema-decay", type=float, default=None, help="keep an EMA of the weights, e.g. 0.999 (default: off)")
     a("--thumbnail-weight", type=float, default=None, help="IP-token thumbnail loss weight (default: 0, off)")

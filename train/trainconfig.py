@@ -70,6 +70,7 @@ class TrainConfig:
     resume: bool = False
     prediction_type: str | None = None  # default: the model config's (v_prediction for tiny/small)
     guidance_scale: float | None = None  # the CFG scale stored in the model config (sampling default)
+    zero_terminal_snr: bool | None = None  # rescaled betas + trailing timesteps; None: the model config's
     snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (5 is the paper's); None: plain MSE
     ema_decay: float | None = None  # EMA of the weights, stored in checkpoints and sampled from
     thumbnail_weight: float | None = None  # weight of the training-only IP-token thumbnail loss (None: 0)

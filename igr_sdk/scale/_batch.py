@@ -207,7 +207,7 @@ def restore_catalogue(
     guidance = float(manifest.raw.get("guidance_scale", 1.5) if guidance_scale is None else guidance_scale)
     check_request([None], [None], category or manifest.categories[0], guidance, seed, manifest.categories)
     sched = manifest.raw["scheduler"]
-    ddim_timesteps(steps, sched["num_train_timesteps"], sched["steps_offset"])
+    ddim_timesteps(steps, sched["num_train_timesteps"], sched["steps_offset"], sched.get("timestep_spacing", "leading"))
     batch = manifest.batch if batch_size is None else batch_size
     for name, value in (("actors", actors), ("batch_size", batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
