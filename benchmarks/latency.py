@@ -26,6 +26,8 @@ Stages (B requests at the config's resolution, synthetic person + rectangular ga
                  features only (naive), none (per_step_garmnet runs it inside every step)
   denoiser_step  one noise prediction of the (2B, 4, h, w) CFG batch (the pipeline's ``step_fn``)
   vae_decoder    (B, 4, h, w) -> (B, 3, H, W)
+  parser         SDK systems whose engine folder has a parser graph: its logits for one photo
+                 (resize and normalisation included), what a request without a mask adds
   end_to_end     ``ReferencePipeline.restore`` with ``--steps`` DDIM steps (it computes GarmNet and
                  the K/V cache once for every form, so naive/per_step_garmnet do a little extra).
 
@@ -234,9 +236,16 @@ def sdk_system(setup: Setup, engines: Path | None = None, name: str = "sdk", opt
     category = setup.categories if many else setup.categories[0]
     seed = setup.seeds if many else setup.seeds[0]
 
+    stages: dict[str, Callable[[], Any]] = {}
+    if getattr(restorer, "parser", None) is not None:
+        # the parser graph on one photo (its resize and normalisation included), for requests without a mask
+        photo = setup.persons[0]
+        stages["parser"] = lambda: restorer.parser.logits(photo)
+
     def e2e() -> dict[str, float]:
         result = restorer.restore(person, mask, category, setup.steps, setup.guidance, seed)
-        timings = {k: float(v) for k, v in result.timings.items()}
+        # the request carries its mask: the parser never runs in it (its own stage row times it)
+        timings = {k: float(v) for k, v in result.timings.items() if k != "parser"}
         if "denoiser" in timings:  # the SDK sums its steps; per step compares with the torch stage
             timings["denoiser_step"] = timings["denoiser"] / setup.steps
         return timings
@@ -251,7 +260,7 @@ def sdk_system(setup: Setup, engines: Path | None = None, name: str = "sdk", opt
     note = (
         f"igr_sdk Restorer, backend {getattr(restorer.backend, 'name', setup.backend)}, {engine_precisions(restorer)}"
     )
-    return System(name, {}, e2e, {}, total, reported, note=note)
+    return System(name, stages, e2e, {}, total, reported, note=note)
 
 
 def engine_precisions(restorer) -> str:
@@ -617,6 +626,8 @@ def _stage_median(r: dict[str, Any], stage: str) -> float | None:
 def summary_markdown(runs: list[dict[str, Any]], baseline: str) -> str:
     """One row per (threads, system): end to end and every stage, median ms, and the end-to-end speedup."""
     stages = [s for s in STAGES if s != "preprocess"]
+    if any("parser" in r["stages"] for run in runs for r in run["systems"].values()):
+        stages.append("parser")
     lines = [
         "## Side by side (median ms; speedup = end to end of " + baseline + " / end to end, same thread count)",
         "",

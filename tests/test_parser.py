@@ -368,3 +368,14 @@ def test_bundle_script_includes_the_parser(tiny_checkpoint, tmp_path, capsys):
     rc = cli_main(["--examples", "--engines", str(out), "--out", str(tmp_path / "sheet"), "--steps", "1", "-q"])
     assert rc == 0, capsys.readouterr().err
     assert Image.open(tmp_path / "sheet" / "sheet.png").size == (48 * 4, 64 * 3)
+
+
+def test_latency_benchmark_times_the_parser_graph(parsing_engines, tmp_path):
+    from benchmarks import latency
+
+    quick = ["--steps", "1", "--repeats", "2", "--warmup", "1", "--threads", "1"]
+    report = latency.main(["--preset", "tiny", *quick, "--systems", "", "--engines", str(parsing_engines)])
+    sdk = report["runs"][0]["systems"]["sdk"]
+    assert sdk["stages"]["parser"]["median_s"] > 0
+    assert "parser" not in sdk["reported"]  # the timed requests carry their masks
+    assert "| parser |" in latency.summary_markdown(report["runs"], "sdk")
