@@ -31,10 +31,21 @@ def test_largest_step_count_stays_inside_the_schedule(total, offset):
         ddim_timesteps(n + 1, total, offset)
 
 
+@pytest.mark.parametrize("total", [1000, 999, 64, 7])
+def test_trailing_spacing_allows_every_timestep_once(total):
+    assert max_steps(total, 1, "trailing") == total
+    assert ddim_timesteps(total, total, 1, "trailing").tolist() == list(range(total - 1, -1, -1))
+    with pytest.raises(InputError, match=rf"steps must be at most {total} for a {total}-step schedule with 'trailing'"):
+        ddim_timesteps(total + 1, total, 1, "trailing")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"steps": 1000}, r"steps must be at most 999 for a 1000-step schedule with steps_offset 1, got 1000"),
+        (
+            {"steps": 1000},
+            r"steps must be at most 999 for a 1000-step schedule with 'leading' spacing and steps_offset 1, got 1000",
+        ),
         ({"steps": 10**12}, r"steps must be at most 999"),
         ({"steps": np.int64(0)}, r"steps must be an integer >= 1, got np.int64\(0\)"),
         ({"steps": 2.0}, r"steps must be an integer >= 1, got 2.0"),
