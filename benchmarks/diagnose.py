@@ -37,6 +37,7 @@ the mean MSEs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -57,7 +58,7 @@ if __name__ == "__main__" and not __package__:
 from benchmarks.colour import COLOUR_CONVENTION, garment_colour_error
 from benchmarks.metrics import PSNR_CONVENTION, psnr
 from igr_sdk.preprocess import Prepared, to_image
-from igr_sdk.scheduler import alphas_cumprod, check_prediction_type, x0_and_eps
+from igr_sdk.scheduler import check_prediction_type, schedule_alphas, x0_and_eps
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.datasets import DataError, open_dataset
 from train.pipeline import ReferencePipeline, initial_noise
@@ -86,9 +87,7 @@ class Ladder:
         self.prediction_type = check_prediction_type(s.prediction_type)
         if max(TIMESTEPS) >= s.num_train_timesteps:
             raise ValueError(f"the ladder needs t up to {max(TIMESTEPS)}; the checkpoint has {s.num_train_timesteps}")
-        self.alpha_bar = alphas_cumprod(
-            s.beta_start, s.beta_end, s.num_train_timesteps, s.beta_schedule, s.rescale_betas_zero_snr
-        )
+        self.alpha_bar = schedule_alphas(dataclasses.asdict(s))
         self.steps = steps
 
     def _decode(self, latent: np.ndarray) -> Image.Image:

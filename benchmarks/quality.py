@@ -204,6 +204,12 @@ def evaluate(
     }
 
 
+def bootstrap_ci95(values: np.ndarray, rng: np.random.Generator, resamples: int = 10_000) -> list[float]:
+    """95% bootstrap interval of the mean of ``values`` (finite, at least one), drawn from ``rng``."""
+    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
+    return [float(q) for q in np.quantile(means, [0.025, 0.975])]
+
+
 def paired_difference(
     result: Mapping[str, Any], base: str, other: str, resamples: int = 10_000, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
@@ -218,9 +224,7 @@ def paired_difference(
         finite = d[np.isfinite(d)]
         entry: dict[str, Any] = {"n": int(finite.size), "n_left_out": int(d.size - finite.size)}
         if finite.size:
-            means = finite[rng.integers(0, finite.size, (resamples, finite.size))].mean(axis=1)
-            lo, hi = np.quantile(means, [0.025, 0.975])
-            entry.update(mean=float(finite.mean()), ci95=[float(lo), float(hi)])
+            entry.update(mean=float(finite.mean()), ci95=bootstrap_ci95(finite, rng, resamples))
         else:
             entry.update(mean=math.nan, ci95=[math.nan, math.nan])
         out[m] = entry

@@ -33,7 +33,7 @@ if __name__ == "__main__" and not __package__:
 
 from benchmarks.colour import COLOUR_CONVENTION, garment_colour_error
 from benchmarks.metrics import PSNR_CONVENTION, psnr
-from benchmarks.quality import paired_difference
+from benchmarks.quality import _parse_model, bootstrap_ci95, paired_difference
 from igr_sdk.preprocess import to_image
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.datasets import DataError, open_dataset
@@ -44,13 +44,10 @@ log = logging.getLogger(__name__)
 METRICS = ("psnr", "colour")
 
 
-def _interval(values: np.ndarray, resamples: int = 10_000, seed: int = 0) -> list[float]:
-    """95% bootstrap interval of the mean of the finite values."""
+def _interval(values: np.ndarray) -> list[float]:
+    """95% bootstrap interval of the mean of the finite values (seed 0, as the paired differences)."""
     v = values[np.isfinite(values)]
-    if v.size == 0:
-        return [float("nan"), float("nan")]
-    means = v[np.random.default_rng(seed).integers(0, v.size, (resamples, v.size))].mean(axis=1)
-    return [float(x) for x in np.quantile(means, [0.025, 0.975])]
+    return bootstrap_ci95(v, np.random.default_rng(0)) if v.size else [float("nan"), float("nan")]
 
 
 @torch.no_grad()
@@ -120,17 +117,12 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _model_arg(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT, got {text!r}")
-    return name, path
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, type=Path, help="VITON-HD-layout folder (e.g. from train/synthetic.py)")
-    p.add_argument("--models", required=True, nargs="+", type=_model_arg, help="NAME=CHECKPOINT, the first is the base")
+    p.add_argument(
+        "--models", required=True, nargs="+", type=_parse_model, help="NAME=CHECKPOINT, the first is the base"
+    )
     p.add_argument("--limit", type=int, default=45, help="the first N pairs of the split (default 45)")
     p.add_argument("--split", default="test")
     p.add_argument("--out", type=Path, help="write the result here as JSON")

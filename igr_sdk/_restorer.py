@@ -81,15 +81,8 @@ class Restorer:
         self._prompt_embeds = constants["prompt_embeds"]  # (3, 77, C)
         self._uncond_ip = constants["uncond_ip_tokens"]  # (1, T_ip, C)
         sched = manifest.raw["scheduler"]
-        self._alpha_bar = ddim.alphas_cumprod(
-            sched["beta_start"],
-            sched["beta_end"],
-            sched["num_train_timesteps"],
-            sched["beta_schedule"],
-            sched.get("rescale_betas_zero_snr", False),
-        )
+        self._alpha_bar = ddim.schedule_alphas(sched)
         self._final_alpha_bar = 1.0 if sched["set_alpha_to_one"] else float(self._alpha_bar[0])
-        self._train_timesteps = int(sched["num_train_timesteps"])
         self._prediction_type = sched.get("prediction_type")
         if self._prediction_type not in ddim.PREDICTION_TYPES:
             raise EngineError(
@@ -173,10 +166,7 @@ class Restorer:
         if self._closed:
             raise EngineError("this Restorer is closed; open another with Restorer.from_dir")
         req = check_request(person, mask, category, guidance_scale, seed, self.manifest.categories)
-        sched = self.manifest.raw["scheduler"]
-        timesteps = ddim.ddim_timesteps(
-            steps, sched["num_train_timesteps"], sched["steps_offset"], sched.get("timestep_spacing", "leading")
-        )
+        timesteps = ddim.schedule_timesteps(self.manifest.raw["scheduler"], steps)
         persons, masks, cats, seeds = req.persons, req.masks, req.categories, req.seeds
         n = len(persons)
         if self.parser is None and any(m is None for m in masks):
@@ -295,7 +285,7 @@ class Restorer:
             **refs,
         }
         for i, t in enumerate(timesteps):
-            prev = ddim.previous_timestep(t, len(timesteps), self._train_timesteps)
+            prev = ddim.previous_timestep(t, len(timesteps), len(self._alpha_bar))
             feeds = {
                 "sample": cast("denoiser", "sample", np.concatenate([x, x])),
                 "timestep": cast("denoiser", "timestep", np.array([t], dtype=np.float32)),

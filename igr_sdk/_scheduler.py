@@ -23,6 +23,9 @@ with a = alpha_bar[t]:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from igr_sdk._errors import InputError
@@ -97,6 +100,24 @@ def max_steps(num_train_timesteps: int = 1000, steps_offset: int = 1, timestep_s
         if (n - 1) * (num_train_timesteps // n) + steps_offset < num_train_timesteps:
             return n
     return 0
+
+
+def schedule_alphas(sched: Mapping[str, Any]) -> np.ndarray:
+    """alpha_bar of a scheduler section (a manifest's ``scheduler``, or a config's as a dict)."""
+    return alphas_cumprod(
+        sched["beta_start"],
+        sched["beta_end"],
+        sched["num_train_timesteps"],
+        sched["beta_schedule"],
+        sched.get("rescale_betas_zero_snr", False),
+    )
+
+
+def schedule_timesteps(sched: Mapping[str, Any], steps: int) -> np.ndarray:
+    """The sampling timesteps of a scheduler section for ``steps`` steps (InputError past its limit)."""
+    return ddim_timesteps(
+        steps, sched["num_train_timesteps"], sched["steps_offset"], sched.get("timestep_spacing", "leading")
+    )
 
 
 def check_timestep_spacing(timestep_spacing: str) -> str:

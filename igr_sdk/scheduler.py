@@ -17,6 +17,8 @@ from igr_sdk._scheduler import (
     guided,
     max_steps,
     previous_timestep,
+    schedule_alphas,
+    schedule_timesteps,
     x0_and_eps,
     zero_terminal_snr,
 )
@@ -32,6 +34,8 @@ __all__ = [
     "guided",
     "max_steps",
     "previous_timestep",
+    "schedule_alphas",
+    "schedule_timesteps",
     "x0_and_eps",
     "zero_terminal_snr",
 ]

@@ -14,6 +14,7 @@ IDM-VTON-style code does; a compute baseline only).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from PIL import Image
 
 from igr_sdk import InputError
 from igr_sdk.preprocess import ImageLike, Prepared, check_request, prepare, to_image
-from igr_sdk.scheduler import check_prediction_type, ddim_timesteps
+from igr_sdk.scheduler import check_prediction_type, schedule_timesteps
 from train.config import CATEGORIES
 from train.model import FORMS, IGRModel
 
@@ -131,8 +132,7 @@ class ReferencePipeline:
         form: str = "cached",
     ) -> ReferenceResult:
         req = check_request(person, mask, category, guidance_scale, seed, CATEGORIES)
-        s = self.config.scheduler
-        ddim_timesteps(steps, s.num_train_timesteps, s.steps_offset, s.timestep_spacing)  # the SDK's step-count check
+        schedule_timesteps(dataclasses.asdict(self.config.scheduler), steps)  # the SDK's step-count check
         persons, masks, categories, seeds = req.persons, req.masks, req.categories, tuple(req.seeds)
 
         decoded, latents = self.sample(self.prepare(persons, masks), categories, steps, guidance_scale, seeds, form)

@@ -39,6 +39,8 @@ from train.synthetic import make_pair, pair_seed
 
 log = logging.getLogger(__name__)
 
+DECODER_PREFIXES = ("decoder.", "post_quant_conv.")  # the VAE parameters that turn latents into pixels
+
 
 def batches(
     seed: int, size: tuple[int, int], batch: int, crop: tuple[int, int] | None = None, garments_only: bool = False
@@ -87,12 +89,9 @@ def train_vae(
     vae = model.vae.train()
     # decoder_only keeps the encoder, and so every latent a trained denoiser has learned, fixed:
     # only how latents become pixels improves
-    params = [
-        p for n, p in vae.named_parameters() if not decoder_only or n.startswith(("decoder.", "post_quant_conv."))
-    ]
     for n, p in vae.named_parameters():
-        p.requires_grad_(not decoder_only or n.startswith(("decoder.", "post_quant_conv.")))
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        p.requires_grad_(not decoder_only or n.startswith(DECODER_PREFIXES))
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     # a cosine decay to 1% of lr: the last few hundred steps at a small rate buy several dB of PSNR
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * min(i, steps) / steps)) if cosine else 1.0

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 from train.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
+from train.pretrain_vae import DECODER_PREFIXES
 
 log = logging.getLogger(__name__)
-
-DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
 
 
 def swap_decoder(model_dir: str | Path, decoder_dir: str | Path, out: str | Path) -> Path:

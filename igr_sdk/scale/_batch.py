@@ -24,7 +24,7 @@ import numpy as np
 from igr_sdk._errors import InputError
 from igr_sdk._manifest import read_manifest
 from igr_sdk._preprocess import check_request
-from igr_sdk._scheduler import ddim_timesteps
+from igr_sdk._scheduler import schedule_timesteps
 from igr_sdk.scale import _ray
 from igr_sdk.scale._catalogue import Row, compact, done_hashes, plan
 from igr_sdk.scale._images import MAX_FILE_BYTES, MAX_PIXELS, decode, read_bounded
@@ -206,8 +206,7 @@ def restore_catalogue(
     manifest = read_manifest(engine_dir)
     guidance = float(manifest.raw.get("guidance_scale", 1.5) if guidance_scale is None else guidance_scale)
     check_request([None], [None], category or manifest.categories[0], guidance, seed, manifest.categories)
-    sched = manifest.raw["scheduler"]
-    ddim_timesteps(steps, sched["num_train_timesteps"], sched["steps_offset"], sched.get("timestep_spacing", "leading"))
+    schedule_timesteps(manifest.raw["scheduler"], steps)
     batch = manifest.batch if batch_size is None else batch_size
     for name, value in (("actors", actors), ("batch_size", batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
