@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from train.checkpoint import load_checkpoint, new_model, read_meta
+from train.checkpoint import load_checkpoint, new_model, read_meta, save_checkpoint
 from train.config import preset
 from train.datasets import open_dataset
 from train.ema import EMA
@@ -159,6 +159,37 @@ def test_recipe_run_resumes_bit_exactly_and_saves_the_average(data, tmp_path):
     raw = load_file(str(tmp_path / "a" / "state" / "model.safetensors"))
     w = a.denoiser.conv_in.weight
     assert not torch.equal(raw["igr.denoiser.conv_in.weight"], w)
+
+
+def test_resumed_run_from_a_trained_vae_caches_that_vae_s_latents(data, tmp_path):
+    # a run started from --init (a VAE unlike the seed's random one) and resumed: the latents of the
+    # resumed part must come from the run's VAE, not from the model built before its state is loaded
+    init = tmp_path / "init"
+    save_checkpoint(new_model(preset("tiny"), seed=123), init, {"stage": "coarse", "preset": "tiny"})
+    kw = dict(
+        preset="tiny",
+        data=(str(data),),
+        init=str(init),
+        max_steps=4,
+        lr=1e-3,
+        batch_size=2,
+        save_every=2,
+        val_every=0,
+        val_count=0,
+        log_every=1,
+        prediction_type="v_prediction",
+        latent_cache=str(tmp_path / "cache"),
+    )
+    train(TrainConfig(out=str(tmp_path / "a"), **kw))
+    train(TrainConfig(out=str(tmp_path / "b"), **{**kw, "max_steps": 2}))
+    train(TrainConfig(out=str(tmp_path / "b"), **kw, resume=True))
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [
+        cache_file(tmp_path / "cache", data, vae_fingerprint(load_checkpoint(init))).name
+    ]
+    a, b = load_checkpoint(tmp_path / "a" / "final"), load_checkpoint(tmp_path / "b" / "final")
+    pb = dict(b.named_parameters())
+    for name, p in a.named_parameters():
+        assert torch.equal(p, pb[name]), name
 
 
 def test_zero_terminal_snr_run_records_its_schedule(data, tmp_path):

@@ -584,8 +584,9 @@ def run(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
     accelerator = make_accelerator(cfg)
     data = open_data(cfg)  # data first: bad data should stop a run before minutes of weight loading
     model, cfg = start_model(cfg, resumed)
-    trainset = training_set(data, model, cfg, accelerator)
     t = prepare(cfg, accelerator, model, resumed, data)
+    # after prepare: a resumed run's VAE holds the saved weights only once its state is loaded
+    trainset = training_set(data, t.igr, cfg, accelerator)
     write_run_files(t, data.val_pairs)
     loader = data_loader(t, trainset)
     if t.main:
