@@ -30,6 +30,9 @@ COLOUR_CONVENTION = (
     "garment colour error: CIEDE2000 (kL = kC = kH = 1) between the mean CIELAB (D65) colours of the output "
     f"and the ground truth over the ground truth's garment pixels (some channel < {WHITE_LEVEL})"
 )
+OVERLAP_CONVENTION = (
+    "colour error on the overlap: the same, over the pixels that are garment in both the output and the ground truth"
+)
 
 
 def _uint8_rgb(image: np.ndarray, what: str) -> np.ndarray:
@@ -128,6 +131,24 @@ def garment_colour_error(output: np.ndarray, truth: np.ndarray) -> float:
     if output.shape != truth.shape or output.ndim != 3:
         raise ValueError(f"output {output.shape} and ground truth {truth.shape} must both be (H, W, 3) of one size")
     pixels = garment_pixels(truth)
+    if not pixels.any():
+        return float("nan")
+    return float(ciede2000(mean_lab(output, pixels), mean_lab(truth, pixels)))
+
+
+def overlap_colour_error(output: np.ndarray, truth: np.ndarray) -> float:
+    """CIEDE2000 between mean CIELAB colours over the pixels that are garment in both images; NaN
+    when they share none.
+
+    ``garment_colour_error`` counts an output's white background inside the true garment's outline,
+    so a garment drawn in the right colour but the wrong shape (short sleeves for long) scores far
+    off; this one reads the colour where a garment was drawn, and the two together tell a wrong
+    colour from a wrong shape.
+    """
+    output, truth = _uint8_rgb(output, "output"), _uint8_rgb(truth, "ground truth")
+    if output.shape != truth.shape or output.ndim != 3:
+        raise ValueError(f"output {output.shape} and ground truth {truth.shape} must both be (H, W, 3) of one size")
+    pixels = garment_pixels(truth) & garment_pixels(output)
     if not pixels.any():
         return float("nan")
     return float(ciede2000(mean_lab(output, pixels), mean_lab(truth, pixels)))

@@ -53,7 +53,7 @@ if __name__ == "__main__" and not __package__:
     sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p or ".").resolve() != _here)]
 
 from benchmarks.baselines import segment_and_paste
-from benchmarks.colour import garment_colour_error
+from benchmarks.colour import COLOUR_CONVENTION, OVERLAP_CONVENTION, garment_colour_error, overlap_colour_error
 from benchmarks.metrics import DISTS, LPIPS, PSNR_CONVENTION, SSIM_CONVENTION, WeightsError, as_image, psnr, ssim
 from igr_sdk.contract import resolution_arg
 from igr_sdk.preprocess import fit
@@ -65,9 +65,21 @@ System = Callable[[Sample], Image.Image]
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
 BASELINE = "segment-and-paste"
-DEFAULT_METRICS: dict[str, Metric] = {"ssim": ssim, "psnr": psnr, "colour": garment_colour_error}
-HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "colour": False, "lpips": False, "dists": False}
-LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "colour": "colour error (ΔE00)", "lpips": "LPIPS", "dists": "DISTS"}
+DEFAULT_METRICS: dict[str, Metric] = {
+    "ssim": ssim,
+    "psnr": psnr,
+    "colour": garment_colour_error,
+    "colour_overlap": overlap_colour_error,
+}
+HIGHER_IS_BETTER = {m: m in ("ssim", "psnr") for m in ("ssim", "psnr", "colour", "colour_overlap", "lpips", "dists")}
+LABELS = {
+    "ssim": "SSIM",
+    "psnr": "PSNR (dB)",
+    "colour": "colour error (ΔE00)",
+    "colour_overlap": "colour error on the overlap (ΔE00)",
+    "lpips": "LPIPS",
+    "dists": "DISTS",
+}
 DIGITS = {"psnr": 2}  # others: 4
 
 
@@ -197,7 +209,12 @@ def evaluate(
         "size": [h, w],
         "pairs": n,
         "metrics": list(metrics),
-        "conventions": {"ssim": SSIM_CONVENTION, "psnr": PSNR_CONVENTION},
+        "conventions": {
+            "ssim": SSIM_CONVENTION,
+            "psnr": PSNR_CONVENTION,
+            "colour": COLOUR_CONVENTION,
+            "colour_overlap": OVERLAP_CONVENTION,
+        },
         "summary": summary,
         "seconds_per_pair": {name: s / n for name, s in seconds.items()},
         "per_pair": per_pair,
@@ -250,6 +267,10 @@ def markdown(result: Mapping[str, Any], title: str = "Garment restoration qualit
         f"**{title}.** {result['pairs']} pairs at {h}x{w} (H x W), ground truth fitted to that size; "
         f"mean ± std over pairs. {SSIM_CONVENTION}. {PSNR_CONVENTION}."
     )
+    if "colour" in metrics:
+        caption += f" {COLOUR_CONVENTION[0].upper()}{COLOUR_CONVENTION[1:]}."
+    if "colour_overlap" in metrics:
+        caption += f" {OVERLAP_CONVENTION[0].upper()}{OVERLAP_CONVENTION[1:]}."
     if "lpips" in metrics:
         caption += " LPIPS: v0.1, VGG16, inputs in [-1, 1]."
     if "dists" in metrics:

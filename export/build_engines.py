@@ -3,6 +3,7 @@
     python export/build_engines.py --checkpoint CKPT --out DIR [--backend onnxruntime|tensorrt]
         [--resolution HxW] [--batch B] [--precision fp16|fp32|int8] [--opset 23|18] [--device cpu|cuda]
         [--calibration DIR] [--calibration-pairs N] [--eval-pairs N] [--int8-graphs G,G] [--int8-reduce-range]
+        [--int8-lpips-weights PATH ...]
 
 onnxruntime: fp32 ONNX + ONNX Runtime's offline-optimised models (CPU, or CUDA with --device cuda),
 each checked against torch before it is recorded. tensorrt: fp16 strongly typed ONNX -> one plan
@@ -33,7 +34,14 @@ if __name__ == "__main__" and not __package__:
 
 from igr_sdk.contract import resolution_arg
 
-_INT8_ARGS = ("calibration", "calibration_pairs", "eval_pairs", "int8_graphs", "int8_reduce_range")
+_INT8_ARGS = (
+    "calibration",
+    "calibration_pairs",
+    "eval_pairs",
+    "int8_graphs",
+    "int8_reduce_range",
+    "int8_lpips_weights",
+)
 
 
 def _int8_options(args: argparse.Namespace):
@@ -48,6 +56,8 @@ def _int8_options(args: argparse.Namespace):
         kw["eval_pairs"] = args.eval_pairs
     if args.int8_graphs:
         kw["graphs"] = tuple(g.strip() for g in args.int8_graphs.split(",") if g.strip())
+    if args.int8_lpips_weights:
+        kw["lpips_weights"] = tuple(args.int8_lpips_weights)
     return Int8Options(reduce_range=args.int8_reduce_range, **kw)
 
 
@@ -92,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     int8.add_argument("--eval-pairs", type=int, help="held-out pairs the int8/fp32 choice is measured on (default 4)")
     int8.add_argument("--int8-graphs", help="comma-separated graphs to try in int8 (default: all five)")
     int8.add_argument("--int8-reduce-range", action="store_true", help="7-bit weights, for CPUs without VNNI")
+    int8.add_argument(
+        "--int8-lpips-weights",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="LPIPS weights (files or a folder) for the int8/fp32 choice; default: the cache of "
+        "benchmarks/fetch_metric_weights.py, and SSIM/PSNR alone where it is empty",
+    )
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     int8_args = [f"--{k.replace('_', '-')}" for k in _INT8_ARGS if getattr(args, k) not in (None, False)]

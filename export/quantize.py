@@ -14,8 +14,9 @@ and a per-graph choice between int8 and fp32 made by measurement.
    its calibration inputs (settings below).
 4. **Measure** each int8 graph alone: its output against torch fp32 on the held-out inputs (the
    int8 parity check), and the restored garment of the held-out pairs with only this graph in int8
-   against the all-fp32 engines (SSIM, PSNR). Then all accepted graphs together; while that
-   combination fails, the accepted graph with the lowest SSIM alone goes back to fp32.
+   against the all-fp32 engines (SSIM, PSNR, and LPIPS where its weights are found:
+   ``export/int8_measure.py``). Then all accepted graphs together; while that combination fails,
+   the accepted graph that hurt the image most alone (LPIPS, else SSIM) goes back to fp32.
 5. **Record** per graph in the manifest: ``precision``, the calibration set's hash and the
    measured numbers with the reason for the choice; graphs that stay fp32 keep their fp32 engine.
 
@@ -51,7 +52,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import platform
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -64,6 +64,17 @@ import numpy as np
 from export import onnx_export
 from export.build import BuildError, BuildOptions
 from export.graphs import GRAPHS, module_for, specs
+from export.int8_measure import (
+    ImageScorer,
+    Int8Limits,
+    error_text,
+    image_text,
+    load_perceptual,
+    output_error,
+    passes,
+    weakest,
+)
+from export.int8_pairs import Pair, folder_pairs, open_folder, pairs_sha256, synthetic_pairs
 from igr_sdk import EngineError
 from igr_sdk.engines import Manifest, sha256_file
 
@@ -83,27 +94,6 @@ _HIST_CHUNK = 8  # calibration inputs per histogram update (1 past protobuf's li
 
 
 @dataclass(frozen=True)
-class Int8Limits:
-    """When an int8 graph is accepted: the one place these thresholds are set.
-
-    Output error (the int8 parity check against torch): RMS(int8 - torch) / RMS(torch) over every
-    output of the graph, on the held-out inputs captured from the fp32 pipeline. Image: the
-    restored garments of the held-out pairs against those of the all-fp32 engines (same seeds),
-    SSIM as ``benchmarks.metrics.ssim`` (11x11 Gaussian window, data range 255) and PSNR in dB.
-    """
-
-    max_rel_rms: float = 0.10  # output error, mean over the held-out inputs
-    max_rel_rms_worst: float = 0.25  # output error, the worst held-out input
-    min_ssim: float = 0.98  # restored garment vs fp32, mean over the held-out pairs
-    min_psnr_db: float = 30.0  # likewise
-
-    def check(self) -> None:
-        bad = [k for k, v in asdict(self).items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)]
-        if bad:
-            raise BuildError(f"int8 limits {bad} must be finite numbers >= 0, got {asdict(self)}")
-
-
-@dataclass(frozen=True)
 class Int8Options:
     """How an int8 build calibrates and judges its graphs."""
 
@@ -117,6 +107,7 @@ class Int8Options:
     graph_limits: Mapping[str, Int8Limits] = field(default_factory=dict)  # per-graph overrides
     reduce_range: bool = False  # 7-bit weights, for hosts without VNNI
     threads: int | None = None  # ONNX Runtime intra-op threads while measuring (None: its default)
+    lpips_weights: tuple[Path, ...] = ()  # LPIPS weights (files or a folder); (): fetch_metric_weights.py's cache
 
     def limits_for(self, graph: str) -> Int8Limits:
         return self.graph_limits.get(graph, self.limits)
@@ -134,73 +125,6 @@ class Int8Options:
 
 
 # --- pairs -----------------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class Pair:
-    name: str
-    person: np.ndarray  # (H, W, 3) uint8
-    mask: np.ndarray  # (H, W) bool
-    category: str
-    garment: np.ndarray | None = None  # the ground-truth flat garment, when the pair has one
-
-
-def synthetic_pairs(count: int, seed: int, size: tuple[int, int]) -> list[Pair]:
-    from train.synthetic import CATEGORIES, MIN_SIZE, make_pair, pair_seed
-
-    h, w = max(size[0], MIN_SIZE[0]), max(size[1], MIN_SIZE[1])
-    out = []
-    for i in range(count):
-        p = make_pair(pair_seed(seed, i), (h, w), category=CATEGORIES[i % len(CATEGORIES)])
-        out.append(Pair(f"synthetic-{seed}-{i:05d}", p.person, p.mask, p.category, p.garment))
-    return out
-
-
-def open_folder(root: Path):
-    """The user's calibration pairs as a ``train.datasets`` data set, or a ``BuildError`` naming the folder."""
-    from train.datasets import DataError, open_dataset
-
-    try:
-        ds = open_dataset(root)
-    except DataError as e:
-        raise BuildError(f"--calibration {root}: {e}") from None
-    if len(ds) < 2:
-        raise BuildError(
-            f"--calibration {root} has {len(ds)} usable pair; expected at least 2 (calibration pairs and "
-            "held-out pairs to measure quality on)"
-        )
-    return ds
-
-
-def folder_pairs(root: Path, pairs: int, eval_pairs: int) -> tuple[list[Pair], list[Pair]]:
-    """(calibration, held-out) pairs of a user's folder: the first ones calibrate, the last are held out."""
-    from train.datasets import DataError
-
-    ds = open_folder(root)
-    n = len(ds)
-    n_eval = min(eval_pairs, n // 2)
-    n_cal = min(pairs, n - n_eval)
-    if n_cal < pairs or n_eval < eval_pairs:
-        log.warning("--calibration %s has %d pairs: using %d to calibrate and %d held out", root, n, n_cal, n_eval)
-
-    def load(i: int) -> Pair:
-        try:
-            s = ds[i]
-        except DataError as e:
-            raise BuildError(f"--calibration {root}: {e}") from None
-        return Pair(s.name, s.person, s.mask, s.category, s.garment)
-
-    return [load(i) for i in range(n_cal)], [load(i) for i in range(n - n_eval, n)]
-
-
-def pairs_sha256(pairs: Sequence[Pair]) -> str:
-    """Hash of what the engines see of a pair set: names, categories, person and mask pixels."""
-    h = hashlib.sha256()
-    for p in pairs:
-        h.update(json.dumps([p.name, p.category, list(p.person.shape), list(p.mask.shape)]).encode())
-        h.update(np.ascontiguousarray(p.person, dtype=np.uint8).tobytes())
-        h.update(np.packbits(np.ascontiguousarray(p.mask, dtype=bool)).tobytes())
-    return h.hexdigest()
-
-
 def load_pairs(opts: Int8Options, size: tuple[int, int]) -> tuple[list[Pair], list[Pair], str]:
     if opts.calibration is None:
         cal = synthetic_pairs(opts.pairs, opts.seed, size)
@@ -386,68 +310,6 @@ def _spread(items: Sequence, k: int) -> list:
     return [items[int(i)] for i in np.unique(np.linspace(0, len(items) - 1, k).round())]
 
 
-def output_error(sess, module, spec, feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
-    """RMS(engine - torch) / RMS(torch) over all outputs, mean and worst over ``feeds``."""
-    import torch
-
-    names = [s.name for s in spec.outputs]
-    errors = []
-    for feed in feeds:
-        inputs = {s.name: torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in spec.inputs}
-        expected = onnx_export.torch_outputs(module, spec, inputs)
-        got = sess.run(names, {s.name: feed[s.name] for s in spec.inputs})
-        diff = sum(float(np.sum((g.astype(np.float64) - e) ** 2)) for g, e in zip(got, expected))
-        ref = sum(float(np.sum(e.astype(np.float64) ** 2)) for e in expected)
-        errors.append(math.sqrt(diff / max(ref, 1e-30)))
-    return {"rel_rms_mean": float(np.mean(errors)), "rel_rms_worst": float(np.max(errors)), "inputs": len(errors)}
-
-
-def image_scores(images: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> dict[str, float]:
-    """SSIM and PSNR of restored garments against the fp32 engines' (mean and worst pair)."""
-    from benchmarks.metrics import psnr, ssim
-
-    s = [ssim(a, b) for a, b in zip(images, reference)]
-    p = [min(psnr(a, b), 99.0) for a, b in zip(images, reference)]  # identical images: inf, capped for JSON
-    return {
-        "ssim_mean": float(np.mean(s)),
-        "ssim_min": float(np.min(s)),
-        "psnr_mean_db": float(np.mean(p)),
-        "psnr_min_db": float(np.min(p)),
-    }
-
-
-def gt_ssim_drop(images: Sequence[np.ndarray], reference: Sequence[np.ndarray], pairs: Sequence[Pair]) -> float | None:
-    """Mean SSIM against the ground-truth garment, fp32 minus this candidate (None without ground truth)."""
-    from benchmarks.metrics import ssim
-    from igr_sdk.preprocess import fit
-
-    if any(p.garment is None for p in pairs):
-        return None
-    drops = []
-    for im, ref, p in zip(images, reference, pairs):
-        gt, _ = fit(p.garment, np.ones(p.garment.shape[:2], dtype=bool), *ref.shape[:2])
-        drops.append(ssim(ref, gt) - ssim(im, gt))
-    return float(np.mean(drops))
-
-
-def passes(scores: Mapping[str, float], lim: Int8Limits) -> bool:
-    return scores["ssim_mean"] >= lim.min_ssim and scores["psnr_mean_db"] >= lim.min_psnr_db
-
-
-def _image_text(scores: Mapping[str, float], lim: Int8Limits) -> str:
-    return (
-        f"restored garment vs fp32: SSIM {scores['ssim_mean']:.4f} (limit >= {lim.min_ssim:g}), "
-        f"PSNR {scores['psnr_mean_db']:.1f} dB (limit >= {lim.min_psnr_db:g})"
-    )
-
-
-def _error_text(err: Mapping[str, float], lim: Int8Limits) -> str:
-    return (
-        f"output error vs torch {err['rel_rms_mean']:.4f} (limit {lim.max_rel_rms:g}), "
-        f"worst {err['rel_rms_worst']:.4f} (limit {lim.max_rel_rms_worst:g})"
-    )
-
-
 @dataclass
 class Candidate:
     graph: str
@@ -508,6 +370,7 @@ def quantize_engines(manifest: dict, out: Path, model, o: BuildOptions, prev: Ma
             "consider reduce_range (--int8-reduce-range) if the measured quality falls short"
         )
     cal_pairs, held_pairs, source = load_pairs(opts, (h, w))
+    perceptual = load_perceptual(opts.lpips_weights)
     steps = opts.steps or int(manifest["num_inference_steps"])
     fp32 = {g: manifest["graphs"][g]["engines"][ENGINE] for g in GRAPHS}
     cal_sha, held_sha = pairs_sha256(cal_pairs), pairs_sha256(held_pairs)
@@ -522,6 +385,7 @@ def quantize_engines(manifest: dict, out: Path, model, o: BuildOptions, prev: Ma
         limits=asdict(opts.limits),
         graph_limits={g: asdict(v) for g, v in sorted(opts.graph_limits.items())},
         reduce_range=opts.reduce_range,
+        lpips=list(perceptual.files),  # fetching the weights later re-decides
         settings=SETTINGS,
         onnxruntime=ort.__version__,
     )
@@ -551,9 +415,12 @@ def quantize_engines(manifest: dict, out: Path, model, o: BuildOptions, prev: Ma
         "limits": asdict(opts.limits),
         "graph_limits": {g: asdict(v) for g, v in opts.graph_limits.items()},
         "build_host": host,
+        "perceptual": perceptual.summary(),
     }
     with tempfile.TemporaryDirectory(dir=out, prefix=".int8-") as tmp:
-        results = _measure_and_decide(manifest, out, model, o, opts, fp32, cal_pairs, held_pairs, steps, Path(tmp))
+        results = _measure_and_decide(
+            manifest, out, model, o, opts, fp32, cal_pairs, held_pairs, steps, perceptual, Path(tmp)
+        )
     summary["combined"] = results.pop("_combined")
     for g in GRAPHS:
         c: Candidate | None = results.get(g)
@@ -600,6 +467,7 @@ def _measure_and_decide(
     cal_pairs: list[Pair],
     held_pairs: list[Pair],
     steps: int,
+    perceptual,
     tmp: Path,
 ) -> dict[str, Any]:
     h, w = manifest["resolution"]
@@ -614,6 +482,7 @@ def _measure_and_decide(
     _, cal_calls = pipe.restore(base, cal_pairs, range(len(cal_pairs)), record=True)
     seeds = _held_seeds(len(held_pairs))
     reference, held_calls = pipe.restore(base, held_pairs, seeds, record=True)
+    score = ImageScorer(reference, [p.garment for p in held_pairs], perceptual)
 
     def restored(sessions: Mapping[str, Any]) -> list[np.ndarray] | str:
         try:
@@ -641,12 +510,11 @@ def _measure_and_decide(
         if isinstance(images, str):
             c.reason = images
         else:
-            scores = image_scores(images, reference)
+            scores = score(images)
             c.measured["image"] = scores
-            c.measured["gt_ssim_drop"] = gt_ssim_drop(images, reference, held_pairs)
             ok_err = err["rel_rms_mean"] <= lim.max_rel_rms and err["rel_rms_worst"] <= lim.max_rel_rms_worst
             c.accepted = ok_err and passes(scores, lim)
-            c.reason = f"{_error_text(err, lim)}; {_image_text(scores, lim)} with only this graph in int8"
+            c.reason = f"{error_text(err, lim)}; {image_text(scores, lim)} with only this graph in int8"
             if not ok_err:
                 c.reason = "output error over the limit: " + c.reason
             elif not c.accepted:
@@ -654,12 +522,12 @@ def _measure_and_decide(
         log.info("int8: %s alone: %s", g, c.reason)
         results[g] = c
 
-    results["_combined"] = _combine(results, base, restored, reference, held_pairs, opts)
+    results["_combined"] = _combine(results, base, restored, score, opts)
     return results
 
 
 def _combine(
-    results: dict[str, Candidate], base: Mapping[str, Any], restored, reference, held_pairs, opts: Int8Options
+    results: dict[str, Candidate], base: Mapping[str, Any], restored, score, opts: Int8Options
 ) -> dict[str, Any]:
     """All accepted graphs together must pass too; the weakest goes back to fp32 until they do."""
     while True:
@@ -669,20 +537,21 @@ def _combine(
         if len(chosen) == 1:
             return {"graphs": [chosen[0].graph], **chosen[0].measured["image"]}
         images = restored({**base, **{c.graph: c.session for c in chosen}})
+        lims = [opts.limits_for(c.graph) for c in chosen]
         lim = replace(  # the strictest image limits of the graphs combined
             opts.limits,
-            min_ssim=max(opts.limits_for(c.graph).min_ssim for c in chosen),
-            min_psnr_db=max(opts.limits_for(c.graph).min_psnr_db for c in chosen),
+            min_ssim=max(x.min_ssim for x in lims),
+            min_psnr_db=max(x.min_psnr_db for x in lims),
+            max_lpips=min(x.max_lpips for x in lims),
         )
-        scores = image_scores(images, reference) if not isinstance(images, str) else None
+        scores = score(images) if not isinstance(images, str) else None
         if scores is not None and passes(scores, lim):
-            drop = gt_ssim_drop(images, reference, held_pairs)
-            return {"graphs": [c.graph for c in chosen], **scores, "gt_ssim_drop": drop}
-        weakest = min(chosen, key=lambda c: c.measured["image"]["ssim_mean"])
-        weakest.accepted = False
-        together = images if scores is None else _image_text(scores, lim)
-        weakest.reason = (
-            f"passes alone ({weakest.reason}) but the int8 graphs {[c.graph for c in chosen]} together fail "
-            f"({together}); the one with the lowest SSIM alone stays fp32"
+            return {"graphs": [c.graph for c in chosen], **scores}
+        worst = chosen[weakest([c.measured for c in chosen])]
+        worst.accepted = False
+        together = images if scores is None else image_text(scores, lim)
+        worst.reason = (
+            f"passes alone ({worst.reason}) but the int8 graphs {[c.graph for c in chosen]} together fail "
+            f"({together}); the one that hurt the image most alone stays fp32"
         )
-        log.info("int8: %s goes back to fp32: the combination fails", weakest.graph)
+        log.info("int8: %s goes back to fp32: the combination fails", worst.graph)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,3 +152,37 @@ def tiny_engines(tmp_path_factory, tiny_checkpoint):
 @pytest.fixture(scope="session")
 def tiny_engines_b2(tmp_path_factory, tiny_checkpoint):
     return _build(tiny_checkpoint, tmp_path_factory.mktemp("engines") / "b2", batch=2)
+
+
+def _random_vgg16_state(seed: int = 0) -> dict:
+    """torchvision's VGG16 keys with random weights (the real ones are never downloaded)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    convs = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256)]
+    convs += [(17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)]
+    for i, c_in, c_out in convs:
+        std = math.sqrt(2.0 / (9 * c_in))  # He init keeps activations alive through 13 layers
+        state[f"features.{i}.weight"] = torch.randn(c_out, c_in, 3, 3, generator=g) * std
+        state[f"features.{i}.bias"] = torch.randn(c_out, generator=g) * 0.01
+    state["classifier.0.weight"] = torch.zeros(4, 4)  # torchvision's file has these too; they are ignored
+    return state
+
+
+@pytest.fixture(scope="session")
+def perceptual_weights(tmp_path_factory):
+    """Random LPIPS (VGG16 + lin layers) and DISTS (alpha/beta) weight files, written once."""
+    import torch
+
+    root = tmp_path_factory.mktemp("perceptual")
+    g = torch.Generator().manual_seed(1)
+    torch.save(_random_vgg16_state(), root / "vgg16.pth")
+    lins = {
+        f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate((64, 128, 256, 512, 512))
+    }
+    torch.save(lins, root / "lpips_vgg.pth")
+    torch.save({**_random_vgg16_state(), **lins}, root / "lpips_all.pth")
+    ab = {"alpha": torch.rand(1, 1475, 1, 1, generator=g), "beta": torch.rand(1, 1475, 1, 1, generator=g)}
+    torch.save(ab, root / "dists_weights.pt")
+    return root

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.colour import ciede2000, garment_colour_error, garment_pixels, srgb_to_lab
+from benchmarks.colour import ciede2000, garment_colour_error, garment_pixels, overlap_colour_error, srgb_to_lab
 
 # Sharma, Wu and Dalal (2005), Table 1: the 34 CIEDE2000 test pairs (L1, a1, b1, L2, a2, b2, dE00).
 SHARMA_2005 = np.array(
@@ -94,6 +94,21 @@ def test_garment_colour_error_over_the_ground_truths_garment_pixels():
     expected = ciede2000(srgb_to_lab(np.uint8([30, 200, 40])), srgb_to_lab(np.uint8([200, 30, 40])))
     assert garment_colour_error(out, truth) == pytest.approx(float(expected), abs=1e-9)
     assert np.isnan(garment_colour_error(out, np.full_like(truth, 250)))  # all white: no garment
+
+
+def test_overlap_colour_error_tells_a_wrong_shape_from_a_wrong_colour():
+    truth = np.full((8, 6, 3), 255, np.uint8)
+    truth[2:6, 1:5] = [200, 30, 40]
+    half = np.full_like(truth, 255)
+    half[2:4, 1:5] = [200, 30, 40]  # the right colour, half the garment drawn
+    assert garment_colour_error(half, truth) > 10  # white inside the true outline counts
+    assert overlap_colour_error(half, truth) == 0.0
+    recoloured = truth.copy()
+    recoloured[2:6, 1:5] = [30, 200, 40]
+    assert overlap_colour_error(recoloured, truth) == pytest.approx(garment_colour_error(recoloured, truth))
+    assert np.isnan(overlap_colour_error(np.full_like(truth, 255), truth))  # nothing drawn: no overlap
+    with pytest.raises(ValueError, match=r"output \(4, 3, 3\) and ground truth \(8, 6, 3\) must both be"):
+        overlap_colour_error(truth[:4, :3], truth)
 
 
 def test_colour_error_names_bad_input():

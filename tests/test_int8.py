@@ -15,27 +15,39 @@ from benchmarks.metrics import psnr, ssim
 from export.build import BuildError, BuildOptions, build
 from export.build_engines import main as build_main
 from export.graphs import GRAPHS
-from export.quantize import Int8Limits, Int8Options, pairs_sha256, synthetic_pairs
+from export.int8_measure import load_perceptual, weakest
+from export.int8_pairs import pairs_sha256, synthetic_pairs
+from export.quantize import Int8Limits, Int8Options
 from igr_sdk import Restorer
 from igr_sdk._manifest import read_manifest, sha256_file
 
-CANDIDATES = ("garmnet", "denoiser", "vae_decoder")
-# random tiny weights quantise worse than a trained model: looser output-error limits, the stated image limits
-LIMITS = Int8Limits(max_rel_rms=0.3, max_rel_rms_worst=0.6)
-FORCED = {"vae_decoder": Int8Limits(max_rel_rms=1e-9)}  # no int8 graph can pass this
+CANDIDATES = ("image_encoder", "garmnet", "denoiser", "vae_decoder")
+# random tiny weights quantise worse than a trained model: looser output-error limits, the stated SSIM and
+# PSNR limits, and an LPIPS limit that random LPIPS weights (whose scale means nothing) cannot trip
+LIMITS = Int8Limits(max_rel_rms=0.3, max_rel_rms_worst=0.6, max_lpips=1e9)
+FORCED = {
+    "vae_decoder": Int8Limits(max_rel_rms=1e-9),  # no int8 graph can pass this
+    # nor this, where int8 changes the image at all
+    "image_encoder": Int8Limits(max_rel_rms=0.3, max_rel_rms_worst=0.6, max_lpips=0.0),
+}
 
 
-def _options(**kw) -> Int8Options:
+def _options(lpips_weights=(), **kw) -> Int8Options:
     base = dict(pairs=2, eval_pairs=1, graphs=CANDIDATES, limits=LIMITS, graph_limits=FORCED, threads=1)
-    return Int8Options(**{**base, **kw})
+    return Int8Options(**{**base, "lpips_weights": tuple(lpips_weights), **kw})
+
+
+def _lpips_files(root) -> list:
+    return [root / "vgg16.pth", root / "lpips_vgg.pth"]
 
 
 @pytest.fixture(scope="module")
-def int8_build(tmp_path_factory, tiny_checkpoint, tiny_engines):
+def int8_build(tmp_path_factory, tiny_checkpoint, tiny_engines, perceptual_weights):
     """An int8 build over a copy of the tiny fp32 engine folder (its fp32 graphs are kept, not re-exported)."""
     out = tmp_path_factory.mktemp("int8") / "engines"
     shutil.copytree(tiny_engines, out)
-    manifest = build(BuildOptions(checkpoint=tiny_checkpoint, out=out, precision="int8", int8=_options()))
+    opts = _options(_lpips_files(perceptual_weights))
+    manifest = build(BuildOptions(checkpoint=tiny_checkpoint, out=out, precision="int8", int8=opts))
     return out, manifest
 
 
@@ -76,13 +88,17 @@ def test_int8_build_writes_qdq_graphs_for_the_chosen_graphs(int8_build):
     assert on_disk == listed  # no temporary files left, nothing unlisted
 
 
-def test_manifest_records_precision_calibration_hash_and_reason(int8_build, tiny_checkpoint):
+def test_manifest_records_precision_calibration_hash_and_reason(int8_build, tiny_checkpoint, perceptual_weights):
     out, m = int8_build
     q = m["quantization"]
     expected_hash = pairs_sha256(synthetic_pairs(2, 20_000, (64, 48)))
     assert q["calibration"]["sha256"] == expected_hash and q["calibration"]["pairs"] == 2
     assert q["limits"] == asdict(LIMITS) and q["graph_limits"]["vae_decoder"] == asdict(FORCED["vae_decoder"])
     assert q["settings"]["format"] == "QDQ" and q["steps"] == 25
+    assert q["perceptual"]["lpips"] == "v0.1, VGG16"
+    assert [f["sha256"] for f in q["perceptual"]["weights"]] == [
+        sha256_file(p) for p in _lpips_files(perceptual_weights)
+    ]
     assert set(q["combined"]["graphs"]) == {"garmnet", "denoiser"}
     assert q["combined"]["ssim_mean"] >= LIMITS.min_ssim
     for g in GRAPHS:
@@ -92,13 +108,16 @@ def test_manifest_records_precision_calibration_hash_and_reason(int8_build, tiny
         if g in CANDIDATES:
             err = info["measured"]["output_error"]
             assert 0 < err["rel_rms_mean"] <= err["rel_rms_worst"]
-            assert {"ssim_mean", "psnr_mean_db"} <= set(info["measured"]["image"])
+            image = info["measured"]["image"]
+            assert {"ssim_mean", "psnr_mean_db", "lpips_mean", "gt_ssim_drop", "gt_lpips_rise"} <= set(image)
+            assert 0 < image["lpips_mean"] <= image["lpips_max"]
         else:
             assert "not a candidate" in info["reason"]
     # the runtime's manifest validation accepts "precision": "int8"
     assert read_manifest(out).engine("denoiser", "onnxruntime-cpu").precision == "int8"
     # a rebuild with the same options keeps everything
-    again = build(BuildOptions(checkpoint=tiny_checkpoint, out=out, precision="int8", int8=_options()))
+    opts = _options(_lpips_files(perceptual_weights))
+    again = build(BuildOptions(checkpoint=tiny_checkpoint, out=out, precision="int8", int8=opts))
     assert again["graphs"] == m["graphs"] and again["quantization"] == q
 
 
@@ -109,6 +128,34 @@ def test_graph_forced_to_fail_the_quality_threshold_stays_fp32(int8_build):
     assert e["quantization"]["reason"].startswith("output error over the limit")
     assert "limit 1e-09" in e["quantization"]["reason"]
     assert e["quantization"]["measured"]["output_error"]["rel_rms_mean"] > 1e-9
+
+
+def test_graph_over_the_lpips_limit_stays_fp32(int8_build):
+    # its output error and SSIM/PSNR pass: LPIPS against the fp32 restores alone sends it back
+    _, m = int8_build
+    e = _entry(m, "image_encoder")
+    measured = e["quantization"]["measured"]
+    assert e["precision"] == "fp32" and measured["qdq_nodes"] > 0
+    assert measured["output_error"]["rel_rms_mean"] <= 0.3
+    assert measured["image"]["ssim_mean"] >= LIMITS.min_ssim and measured["image"]["lpips_mean"] > 0
+    assert e["quantization"]["reason"].startswith("image quality under the limit")
+    assert f"LPIPS {measured['image']['lpips_mean']:.4f} (limit <= 0)" in e["quantization"]["reason"]
+
+
+def test_weakest_graph_is_the_one_with_the_largest_lpips_where_measured():
+    a = {"image": {"ssim_mean": 0.99, "lpips_mean": 0.02}}
+    b = {"image": {"ssim_mean": 0.98, "lpips_mean": 0.01}}
+    assert weakest([a, b]) == 0
+    assert weakest([{"image": {"ssim_mean": 0.99}}, {"image": {"ssim_mean": 0.98}}]) == 1  # SSIM without LPIPS
+
+
+def test_lpips_weights_absent_or_unusable(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty default cache: measured without LPIPS, and said so
+    p = load_perceptual(())
+    assert not p.measured and p.summary()["lpips"] is None
+    assert "LPIPS not measured" in p.note and "fetch_metric_weights.py" in p.note
+    with pytest.raises(BuildError, match=r"--int8-lpips-weights: LPIPS weights file .*nowhere.pth"):
+        load_perceptual((tmp_path / "nowhere.pth",))
 
 
 def test_runtime_runs_int8_engines_and_matches_fp32_within_the_int8_tolerance(

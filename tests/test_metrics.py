@@ -109,38 +109,6 @@ def test_identical_images_and_bad_inputs():
 # LPIPS / DISTS structure, with random weights (the real ones are never downloaded)
 
 
-def _vgg_state(seed: int = 0) -> dict:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    convs = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256)]
-    convs += [(17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)]
-    for i, c_in, c_out in convs:
-        std = math.sqrt(2.0 / (9 * c_in))  # He init keeps activations alive through 13 layers
-        state[f"features.{i}.weight"] = torch.randn(c_out, c_in, 3, 3, generator=g) * std
-        state[f"features.{i}.bias"] = torch.randn(c_out, generator=g) * 0.01
-    state["classifier.0.weight"] = torch.zeros(4, 4)  # torchvision's file has these too; they are ignored
-    return state
-
-
-@pytest.fixture(scope="module")
-def perceptual_weights(tmp_path_factory):
-    import torch
-
-    root = tmp_path_factory.mktemp("perceptual")
-    g = torch.Generator().manual_seed(1)
-    torch.save(_vgg_state(), root / "vgg16.pth")
-    lins = {
-        f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate((64, 128, 256, 512, 512))
-    }
-    torch.save(lins, root / "lpips_vgg.pth")
-    torch.save({**_vgg_state(), **lins}, root / "lpips_all.pth")
-    ab = {"alpha": torch.rand(1, 1475, 1, 1, generator=g), "beta": torch.rand(1, 1475, 1, 1, generator=g)}
-    torch.save(ab, root / "dists_weights.pt")
-    return root
-
-
 def _images(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -280,7 +248,8 @@ def home_with_weights(perceptual_weights, tmp_path, monkeypatch):
     root = perceptual_weights
     cache = tmp_path / ".cache" / "igr-sdk" / "metric-weights"
     cache.mkdir(parents=True)
-    save_file({k: v for k, v in _vgg_state().items() if k.startswith("features.")}, str(cache / VGG16_FILE))
+    vgg = torch.load(root / "vgg16.pth", weights_only=True)
+    save_file({k: v for k, v in vgg.items() if k.startswith("features.")}, str(cache / VGG16_FILE))
     save_file(torch.load(root / "lpips_vgg.pth"), str(cache / LPIPS_LIN_FILE))
     save_file(torch.load(root / "dists_weights.pt"), str(cache / DISTS_FILE))
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -515,7 +484,7 @@ def test_cli_lpips_and_dists_from_the_default_folder(tiny_split, home_with_weigh
     args = ["--data", str(tiny_split), "--baselines", "--size", "64x48", "--limit", "1", "--lpips", "--dists"]
     r = main([*args, "--out", str(tmp_path / "q")])
     cache = home_with_weights / ".cache" / "igr-sdk" / "metric-weights"
-    assert r["metrics"] == ["ssim", "psnr", "colour", "lpips", "dists"]
+    assert r["metrics"] == ["ssim", "psnr", "colour", "colour_overlap", "lpips", "dists"]
     assert r["run"]["lpips_weights"] == [str(cache / f) for f in LPIPS_FILES]
     assert r["run"]["dists_weights"] == [str(cache / f) for f in DISTS_FILES]
     assert r["summary"][BASELINE]["all"]["lpips"]["mean"] > 0
