@@ -8,10 +8,11 @@
 # weights (what checkpoints hold), VAE latents cached once, photos framed around the garment. The VAE
 # has no pretrained weights at this size: it is pre-trained first (train/pretrain_vae.py); the CLIP
 # image encoder is trained jointly with IGR.
-# Then the shipped model (README, "The demo model"): `full` moved to a zero-terminal-SNR schedule
+# Then step 4 (README, "The demo model"): `full` moved to a zero-terminal-SNR schedule
 # with trailing timesteps (ZT_COARSE steps on all pairs, ZT_FINE on the HQFT subset, plain v loss),
 # while its VAE decoder is fine-tuned alone on garments (DEC_STEPS) with the encoder, and so the
 # latents, fixed; train/swap_decoder.py joins the two into $RUNS/demo.
+# Step 5, the shipped model: $RUNS/demo trained on under that schedule, with its two ablations.
 # One thread per process: two runs share the two cores without oversubscribing them.
 # Everything resumes: run the script again after an interruption.
 set -euo pipefail
@@ -23,6 +24,9 @@ VAE_STEPS=${VAE_STEPS:-3000}
 ZT_COARSE=${ZT_COARSE:-3000}
 ZT_FINE=${ZT_FINE:-300}
 DEC_STEPS=${DEC_STEPS:-6000}
+ZT2_COARSE=${ZT2_COARSE:-4000}
+ZT2_FINE=${ZT2_FINE:-300}
+ZT2_ABL=${ZT2_ABL:-1200}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1
 COMMON=(--preset small --batch-size 4 --lr 3e-4 --warmup-steps 100 --train-image-encoder
@@ -80,4 +84,29 @@ ZT=(--preset small --batch-size 4 --lr 2e-4 --warmup-steps 100 --train-image-enc
     --steps "$DEC_STEPS" --batch 8 --lr 5e-4 --cosine --out "$R/vae-dec" &
 wait
 $PY -m train.swap_decoder --model "$R/zt-fine/final" --decoder "$R/vae-dec" --out "$R/demo"
-echo "models: $R/demo (shipped), $R/full-fine/final, $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"
+
+# step 5, the shipped model: step 4 trained on under the same schedule (its VAE, and so the latents, frozen),
+# ZT2_COARSE coarse steps on all pairs, then ZT2_FINE on the curated subset. Its ablations start from the
+# same weights with equal step budgets: w/o GarmNet (GarmNet switched off in the config) against the full
+# run's checkpoint at step ZT2_ABL; w/o HQFT, ZT2_FINE more coarse steps instead of the fine stage.
+rm -rf "$R/demo-nogarmnet" && cp -r "$R/demo" "$R/demo-nogarmnet"
+$PY - "$R/demo-nogarmnet/config.json" <<'PY'
+import json, sys
+p = sys.argv[1]; c = json.load(open(p)); c["use_garmnet"] = False; json.dump(c, open(p, "w"), indent=2)
+PY
+OMP_NUM_THREADS=2 $PY -m train.latent_cache --init "$R/demo" --data "$R/data/train" --cache "$R/cache"
+OMP_NUM_THREADS=2 $PY -m train.latent_cache --init "$R/demo" --data "$R/data/train" --subset "$R/data/hqft.txt" \
+    --resize-list "$R/data/hqft_resize.txt" --cache "$R/cache"
+ZT2=("${ZT[@]}" --val-every 0 --keep-checkpoints 0)
+$PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/demo" --stage coarse \
+    --max-steps "$ZT2_COARSE" --out "$R/zt2-coarse" &
+$PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/demo-nogarmnet" --stage coarse \
+    --max-steps "$ZT2_ABL" --out "$R/zt2-nogarmnet" &
+wait
+$PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/zt2-coarse/final" --stage fine \
+    --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$ZT2_FINE" --out "$R/zt2-fine" &
+$PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/zt2-coarse/final" --stage coarse \
+    --max-steps "$ZT2_FINE" --out "$R/zt2-nohqft" &
+wait
+echo "models: $R/zt2-fine/final (shipped), $R/zt2-coarse/step-$(printf %06d "$ZT2_ABL") and $R/zt2-nogarmnet/final," \
+     "$R/zt2-nohqft/final; step 4: $R/demo; step 3: $R/full-fine/final, $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"
