@@ -108,5 +108,8 @@ $PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/zt2-coarse/fina
 $PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/zt2-coarse/final" --stage coarse \
     --max-steps "$ZT2_FINE" --out "$R/zt2-nohqft" &
 wait
+# the bundle's human parser (synthetic label maps, no data folder needed)
+[ -f "$R/parser/config.json" ] || $PY train/train_parser.py --out "$R/parser"
+echo "bundle: $PY scripts/bundle_demo.py --checkpoint $R/zt2-fine/final --data $R/data/test --parser $R/parser"
 echo "models: $R/zt2-fine/final (shipped), $R/zt2-coarse/step-$(printf %06d "$ZT2_ABL") and $R/zt2-nogarmnet/final," \
      "$R/zt2-nohqft/final; step 4: $R/demo; step 3: $R/full-fine/final, $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"

@@ -10,8 +10,8 @@ parser. Training stops after ``--steps`` or ``--minutes`` of CPU time, whichever
 model is then scored on a held-out seed: per category, the IoU of the garment mask it parses
 against the true one.
 
-    python train/train_parser.py --out ~/igr-runs/parser               # about 15 CPU minutes
-    python train/train_parser.py --evaluate ~/igr-runs/parser          # the held-out score alone
+    python train/train_parser.py --out runs/parser                      # about 50 CPU minutes
+    python train/train_parser.py --evaluate runs/parser                 # the held-out score alone
 """
 
 from __future__ import annotations
@@ -221,11 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="folder for the trained parser (Hugging Face layout)")
     ap.add_argument("--evaluate", type=Path, metavar="DIR", help="only score the parser saved in DIR")
     ap.add_argument("--seed", type=int, default=1, help="synthetic training seed (default 1)")
-    ap.add_argument("--pairs", type=int, default=3000, help="training pairs (default 3000)")
-    ap.add_argument("--steps", type=int, default=3400, help="optimiser steps (default 3400)")
+    ap.add_argument("--pairs", type=int, default=6000, help="training pairs (default 6000)")
+    ap.add_argument("--steps", type=int, default=9000, help="optimiser steps (default 9000)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--minutes", type=float, default=15.0, help="CPU-time budget of the training loop")
+    ap.add_argument("--minutes", type=float, default=60.0, help="CPU-time budget of the training loop")
     ap.add_argument("--eval-seed", type=int, default=HELD_OUT_SEED, help="held-out seed (default the test split's)")
     ap.add_argument("--eval-pairs", type=int, default=300)
     args = ap.parse_args(argv)
