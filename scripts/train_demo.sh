@@ -46,17 +46,23 @@ $PY train/curate.py --data "$R/data/train" --out "$R/data/hqft.txt" --resize-lis
 [ -f "$R/vae/config.json" ] || $PY train/pretrain_vae.py --preset small --init "$R/vae-b" --steps "$VAE_STEPS" \
     --batch 8 --lr 1e-3 --cosine --out "$R/vae"
 
-# the ablation's start: the same weights, with GarmNet switched off in the config
-rm -rf "$R/vae-nogarmnet" && cp -r "$R/vae" "$R/vae-nogarmnet"
-$PY - "$R/vae-nogarmnet/config.json" <<'PY'
+# an ablation's start: a copy of checkpoint $1 at $2 with GarmNet switched off in its config
+without_garmnet() {
+    rm -rf "$2" && cp -r "$1" "$2"
+    $PY - "$2/config.json" <<'PY'
 import json, sys
 p = sys.argv[1]; c = json.load(open(p)); c["use_garmnet"] = False; json.dump(c, open(p, "w"), indent=2)
 PY
+}
+# the latents of every pair (all pairs, and the curated ones reframed) under the VAE of checkpoint $1
+cache_latents() {
+    OMP_NUM_THREADS=2 $PY -m train.latent_cache --init "$1" --data "$R/data/train" --cache "$R/cache"
+    OMP_NUM_THREADS=2 $PY -m train.latent_cache --init "$1" --data "$R/data/train" --subset "$R/data/hqft.txt" \
+        --resize-list "$R/data/hqft_resize.txt" --cache "$R/cache"
+}
 
-# the latents of every pair, once, for all five runs
-OMP_NUM_THREADS=2 $PY -m train.latent_cache --init "$R/vae" --data "$R/data/train" --cache "$R/cache"
-OMP_NUM_THREADS=2 $PY -m train.latent_cache --init "$R/vae" --data "$R/data/train" --subset "$R/data/hqft.txt" \
-    --resize-list "$R/data/hqft_resize.txt" --cache "$R/cache"
+without_garmnet "$R/vae" "$R/vae-nogarmnet"
+cache_latents "$R/vae"  # once, for all five runs
 
 $PY train/train.py "${COMMON[@]}" --data "$R/data/train" --init "$R/vae" --stage coarse \
     --max-steps "$COARSE" --out "$R/full-coarse" &
@@ -89,14 +95,8 @@ $PY -m train.swap_decoder --model "$R/zt-fine/final" --decoder "$R/vae-dec" --ou
 # ZT2_COARSE coarse steps on all pairs, then ZT2_FINE on the curated subset. Its ablations start from the
 # same weights with equal step budgets: w/o GarmNet (GarmNet switched off in the config) against the full
 # run's checkpoint at step ZT2_ABL; w/o HQFT, ZT2_FINE more coarse steps instead of the fine stage.
-rm -rf "$R/demo-nogarmnet" && cp -r "$R/demo" "$R/demo-nogarmnet"
-$PY - "$R/demo-nogarmnet/config.json" <<'PY'
-import json, sys
-p = sys.argv[1]; c = json.load(open(p)); c["use_garmnet"] = False; json.dump(c, open(p, "w"), indent=2)
-PY
-OMP_NUM_THREADS=2 $PY -m train.latent_cache --init "$R/demo" --data "$R/data/train" --cache "$R/cache"
-OMP_NUM_THREADS=2 $PY -m train.latent_cache --init "$R/demo" --data "$R/data/train" --subset "$R/data/hqft.txt" \
-    --resize-list "$R/data/hqft_resize.txt" --cache "$R/cache"
+without_garmnet "$R/demo" "$R/demo-nogarmnet"
+cache_latents "$R/demo"  # its decoder differs from step 3's, and the cache is keyed by the whole VAE
 ZT2=("${ZT[@]}" --val-every 0 --keep-checkpoints 0)
 $PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/demo" --stage coarse \
     --max-steps "$ZT2_COARSE" --out "$R/zt2-coarse" &
