@@ -12,7 +12,8 @@
 # with trailing timesteps (ZT_COARSE steps on all pairs, ZT_FINE on the HQFT subset, plain v loss),
 # while its VAE decoder is fine-tuned alone on garments (DEC_STEPS) with the encoder, and so the
 # latents, fixed; train/swap_decoder.py joins the two into $RUNS/demo.
-# Step 5, the shipped model: $RUNS/demo trained on under that schedule, with its two ablations.
+# Step 5: $RUNS/demo trained on under that schedule, with its two ablations; step 6, the shipped model:
+# step 5 trained on the same way.
 # One thread per process: two runs share the two cores without oversubscribing them.
 # Everything resumes: run the script again after an interruption.
 set -euo pipefail
@@ -27,6 +28,8 @@ DEC_STEPS=${DEC_STEPS:-6000}
 ZT2_COARSE=${ZT2_COARSE:-4200}
 ZT2_FINE=${ZT2_FINE:-300}
 ZT2_ABL=${ZT2_ABL:-1200}
+ZT3_COARSE=${ZT3_COARSE:-4200}
+ZT3_FINE=${ZT3_FINE:-300}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1
 COMMON=(--preset small --batch-size 4 --lr 3e-4 --warmup-steps 100 --train-image-encoder
@@ -91,7 +94,7 @@ ZT=(--preset small --batch-size 4 --lr 2e-4 --warmup-steps 100 --train-image-enc
 wait
 $PY -m train.swap_decoder --model "$R/zt-fine/final" --decoder "$R/vae-dec" --out "$R/demo"
 
-# step 5, the shipped model: step 4 trained on under the same schedule (its VAE, and so the latents, frozen),
+# step 5: step 4 trained on under the same schedule (its VAE, and so the latents, frozen),
 # ZT2_COARSE coarse steps on all pairs, then ZT2_FINE on the curated subset. Its ablations start from the
 # same weights with equal step budgets: w/o GarmNet (GarmNet switched off in the config) against the full
 # run's checkpoint at step ZT2_ABL; w/o HQFT, ZT2_FINE more coarse steps instead of the fine stage.
@@ -108,8 +111,14 @@ $PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/zt2-coarse/fina
 $PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/zt2-coarse/final" --stage coarse \
     --max-steps "$ZT2_FINE" --out "$R/zt2-nohqft" &
 wait
-# the bundle's human parser (synthetic label maps, no data folder needed)
-[ -f "$R/parser/config.json" ] || $PY train/train_parser.py --out "$R/parser"
-echo "bundle: $PY scripts/bundle_demo.py --checkpoint $R/zt2-fine/final --data $R/data/test --parser $R/parser"
-echo "models: $R/zt2-fine/final (shipped), $R/zt2-coarse/step-$(printf %06d "$ZT2_ABL") and $R/zt2-nogarmnet/final," \
+# step 6, the shipped model: step 5 trained on the same way (the same latents), ZT3_COARSE coarse steps,
+# then ZT3_FINE on the curated subset; the parser trains beside it
+$PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/zt2-fine/final" --stage coarse \
+    --max-steps "$ZT3_COARSE" --out "$R/zt3-coarse" &
+[ -f "$R/parser/config.json" ] || $PY train/train_parser.py --out "$R/parser" &
+wait
+$PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/zt3-coarse/final" --stage fine \
+    --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$ZT3_FINE" --out "$R/zt3-fine"
+echo "bundle: $PY scripts/bundle_demo.py --checkpoint $R/zt3-fine/final --data $R/data/test --parser $R/parser"
+echo "models: $R/zt3-fine/final (shipped); step 5: $R/zt2-fine/final, $R/zt2-coarse/step-$(printf %06d "$ZT2_ABL") and $R/zt2-nogarmnet/final," \
      "$R/zt2-nohqft/final; step 4: $R/demo; step 3: $R/full-fine/final, $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"
