@@ -47,12 +47,15 @@ def test_cli_examples_write_garments_and_a_sheet(tmp_path):
 
 
 def test_default_model_restores_the_garments_colour(examples):
-    """The trained model, not noise: at the full 25 steps every bundled example comes back, on average
-    over three seeds, within 15 CIEDE2000 of its garment's mean colour, and well closer to it than a
-    mid-grey image is. One seed is a noisy estimate: the same example can land 8 or 17 apart."""
+    """The trained model, not noise: at the full 25 steps the bundled examples come back, on average
+    over three seeds and the three examples, within 12 CIEDE2000 of their garments' mean colours, and
+    each example clearly closer to its garment's colour than a mid-grey image is. One seed is a noisy
+    estimate (the same example can land 8 or 17 apart) and one example a noisy estimate of the model
+    (benchmarks/quality.py measures it on 45 held-out pairs), so single examples get the looser bound."""
     from benchmarks.colour import garment_colour_error
 
     folder = DEFAULT_DIR / "examples"
+    means = {}
     with Restorer.from_dir(backend="onnxruntime") as r:
         for ex in examples:
             truth = Image.open(folder / ex["ground_truth"]).convert("RGB").resize((192, 256))
@@ -60,6 +63,7 @@ def test_default_model_restores_the_garments_colour(examples):
             for seed in (0, 1, 2):
                 out = r.restore(folder / ex["person"], folder / ex["mask"], ex["category"], seed=seed)
                 errors.append(garment_colour_error(np.asarray(out.image), np.asarray(truth)))
-            error = float(np.mean(errors))
+            means[ex["category"]] = error = float(np.mean(errors))
             grey = garment_colour_error(np.full_like(np.asarray(truth), 128), np.asarray(truth))
-            assert error < 15 and error < 0.7 * grey, (ex["category"], errors, grey)
+            assert error < 0.8 * grey, (ex["category"], errors, grey)
+    assert np.mean(list(means.values())) < 12, means
