@@ -57,6 +57,14 @@ import json, sys
 p = sys.argv[1]; c = json.load(open(p)); c["use_garmnet"] = False; json.dump(c, open(p, "w"), indent=2)
 PY
 }
+# $1 (the name of a flags array) from checkpoint $2: $4 coarse steps on all pairs into $3-coarse, then
+# $5 fine steps on the curated subset into $3-fine
+coarse_then_fine() {
+    local -n flags=$1
+    $PY train/train.py "${flags[@]}" --data "$R/data/train" --init "$2" --stage coarse --max-steps "$4" --out "$3-coarse"
+    $PY train/train.py "${flags[@]}" --data "$R/data/train" --init "$3-coarse/final" --stage fine \
+        --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$5" --out "$3-fine"
+}
 # the latents of every pair (all pairs, and the curated ones reframed) under the VAE of checkpoint $1
 cache_latents() {
     OMP_NUM_THREADS=2 $PY -m train.latent_cache --init "$1" --data "$R/data/train" --cache "$R/cache"
@@ -85,10 +93,7 @@ ZT=(--preset small --batch-size 4 --lr 2e-4 --warmup-steps 100 --train-image-enc
     --prediction-type v_prediction --zero-terminal-snr --ema-decay 0.999
     --guidance-scale "${GUIDANCE:-1.5}" --latent-cache "$R/cache"
     --save-every 300 --val-every 900 --val-steps 25 --resume -q)
-( $PY train/train.py "${ZT[@]}" --data "$R/data/train" --init "$R/full-fine/final" --stage coarse \
-    --max-steps "$ZT_COARSE" --out "$R/zt-coarse"
-  $PY train/train.py "${ZT[@]}" --data "$R/data/train" --init "$R/zt-coarse/final" --stage fine \
-    --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$ZT_FINE" --out "$R/zt-fine" ) &
+coarse_then_fine ZT "$R/full-fine/final" "$R/zt" "$ZT_COARSE" "$ZT_FINE" &
 [ -f "$R/vae-dec/config.json" ] || $PY train/pretrain_vae.py --init "$R/full-fine/final" --decoder-only \
     --steps "$DEC_STEPS" --batch 8 --lr 5e-4 --cosine --out "$R/vae-dec" &
 wait
@@ -112,13 +117,10 @@ $PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/zt2-coarse/fina
     --max-steps "$ZT2_FINE" --out "$R/zt2-nohqft" &
 wait
 # step 6, the shipped model: step 5 trained on the same way (the same latents), ZT3_COARSE coarse steps,
-# then ZT3_FINE on the curated subset; the parser trains beside it
-$PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/zt2-fine/final" --stage coarse \
-    --max-steps "$ZT3_COARSE" --out "$R/zt3-coarse" &
+# then ZT3_FINE on the curated subset; the parser trains beside them
+coarse_then_fine ZT2 "$R/zt2-fine/final" "$R/zt3" "$ZT3_COARSE" "$ZT3_FINE" &
 [ -f "$R/parser/config.json" ] || $PY train/train_parser.py --out "$R/parser" &
 wait
-$PY train/train.py "${ZT2[@]}" --data "$R/data/train" --init "$R/zt3-coarse/final" --stage fine \
-    --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$ZT3_FINE" --out "$R/zt3-fine"
 echo "bundle: $PY scripts/bundle_demo.py --checkpoint $R/zt3-fine/final --data $R/data/test --parser $R/parser"
 echo "models: $R/zt3-fine/final (shipped); step 5: $R/zt2-fine/final, $R/zt2-coarse/step-$(printf %06d "$ZT2_ABL") and $R/zt2-nogarmnet/final," \
      "$R/zt2-nohqft/final; step 4: $R/demo; step 3: $R/full-fine/final, $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"
