@@ -1,14 +1,22 @@
 """Bundle a trained checkpoint as igr_sdk's embedded default model, with example inputs.
 
     python scripts/bundle_demo.py --checkpoint runs/full-fine/final --data runs/data/test [--parser ~/igr-runs/parser]
+        [--precision int8|fp32]
 
-Builds ONNX Runtime CPU engines (fp32, each checked against torch), copies only what the runtime
-reads (manifest, constants, the optimised engines) into igr_sdk/models/default/, and adds one
+Builds ONNX Runtime CPU engines (each checked against torch), copies only what the runtime reads
+(manifest, constants, the optimised engines) into igr_sdk/models/default/, and adds one
 held-out example per category (person, mask, ground-truth garment) under examples/, listed and
 hashed in the manifest (its ``examples`` entry) like every other file the runtime reads. With
 ``--parser`` (the folder ``train/train_parser.py`` writes) the bundle also carries the parser graph,
 so ``igr-restore --examples`` restores them from the photo alone; each example's listing records the
 IoU of the parsed mask against the true one.
+
+``--precision int8`` (the default) builds the int8 engines the way ``export/build_engines.py
+--precision int8`` does: each graph is quantised where its measured quality allows and stays fp32
+where not, recorded per graph in the manifest (``quantization``). Only the engine the runtime loads
+is copied: an int8 graph's entry keeps the hashes of the fp32 engine and ONNX graph it was quantised
+from, not their files (``export/build_engines.py --checkpoint models/demo-small`` rebuilds them).
+The choice scores LPIPS, so ``python benchmarks/fetch_metric_weights.py`` must have run once.
 """
 
 from __future__ import annotations
@@ -41,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "igr_sdk" / "models" / "default")
     ap.add_argument("--parser", type=Path, help="a parser folder to bundle (Hugging Face SegFormer layout)")
     ap.add_argument("--parser-labels", help="its label set or mapping file (default: from its config.json)")
+    ap.add_argument(
+        "--precision",
+        choices=["int8", "fp32"],
+        default="int8",
+        help="int8: quantised where measured quality allows (default); fp32: every graph fp32",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
@@ -52,19 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         parser = ParserOptions(args.parser, labels=args.parser_labels) if args.parser else None
-        manifest = build(BuildOptions(checkpoint=args.checkpoint, out=Path(tmp), parser=parser))
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        args.out.mkdir(parents=True)
-        for graph in manifest["graphs"].values():
-            for entry in graph["engines"].values():
-                entry.pop("onnx", None)  # the plain ONNX stays out of the package: the runtime never reads it
-                for f in (entry, *entry["data"]):
-                    shutil.copy2(Path(tmp) / f["file"], args.out / f["file"])
-        shutil.copy2(Path(tmp) / manifest["constants"]["file"], args.out / manifest["constants"]["file"])
+        options = BuildOptions(checkpoint=args.checkpoint, out=Path(tmp), parser=parser, precision=args.precision)
+        manifest = build(options)
+        copy_runtime_files(manifest, Path(tmp), args.out)
         if "parser" in manifest:
-            for f in (manifest["parser"], *manifest["parser"]["data"]):
-                shutil.copy2(Path(tmp) / f["file"], args.out / f["file"])
             manifest["parser"]["source"]["path"] = args.parser.as_posix()
         manifest["source_checkpoint"]["path"] = args.checkpoint.as_posix()
         # the training metadata records absolute paths of the machine it ran on; keep them repo-relative
@@ -112,6 +117,32 @@ def main(argv: list[str] | None = None) -> int:
     if total > LIMIT_MB:
         print(f"warning: the bundle is over {LIMIT_MB} MB", file=sys.stderr)
     return 0
+
+
+def copy_runtime_files(manifest: dict, src: Path, dst: Path) -> None:
+    """Copy what the runtime reads from the engine folder ``src`` into a fresh ``dst`` and trim
+    ``manifest`` (in place) to it; the caller writes the manifest."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for graph in manifest["graphs"].values():
+        for entry in graph["engines"].values():
+            # the plain ONNX, and an int8 graph's fp32 source, stay out of the package: the runtime
+            # never reads them; their hashes stay, naming what the int8 engine was made from
+            onnx = entry.pop("onnx", None)
+            fp32 = entry.pop("fp32", None)
+            if fp32 is not None:
+                entry["quantized_from"] = {"engine": _file_record(fp32), "onnx": _file_record(onnx)}
+            for f in (entry, *entry["data"]):
+                shutil.copy2(src / f["file"], dst / f["file"])
+    shutil.copy2(src / manifest["constants"]["file"], dst / manifest["constants"]["file"])
+    if "parser" in manifest:
+        for f in (manifest["parser"], *manifest["parser"]["data"]):
+            shutil.copy2(src / f["file"], dst / f["file"])
+
+
+def _file_record(entry: dict | None) -> dict | None:
+    return None if entry is None else {"file": entry["file"], "sha256": entry["sha256"]}
 
 
 if __name__ == "__main__":

@@ -321,7 +321,16 @@ def test_bundle_script_writes_hashed_examples(tiny_checkpoint, tmp_path, capsys)
     bundle_demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bundle_demo)
     out = tmp_path / "bundle"
-    args = ["--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "data"), "--out", str(out)]
+    args = [
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+    ]
     assert bundle_demo.main(args) == 0
     examples = read_examples(read_manifest(out))
     assert sorted(e.category for e in examples) == ["full", "lower", "upper"]

@@ -184,6 +184,48 @@ def test_fp32_rebuild_of_an_int8_folder_keeps_its_fp32_engines(int8_build, tiny_
     assert "quantization" not in m
 
 
+def test_bundle_carries_only_the_engines_the_runtime_loads(int8_build, person_and_mask, tmp_path):
+    """scripts/bundle_demo.py on an int8 build: the int8 engines and the graphs kept fp32 are copied,
+    the fp32 engines the int8 ones came from are not (their hashes stay), and the bundle restores
+    exactly what the full engine folder does."""
+    import importlib.util
+    from pathlib import Path
+
+    src, built = int8_build
+    spec = importlib.util.spec_from_file_location(
+        "bundle_demo", Path(__file__).parents[1] / "scripts" / "bundle_demo.py"
+    )
+    bundle_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle_demo)
+    manifest = json.loads((src / "manifest.json").read_text())
+    out = tmp_path / "bundle"
+    bundle_demo.copy_runtime_files(manifest, src, out)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+    expected = {"manifest.json", manifest["constants"]["file"]}
+    for g in GRAPHS:
+        e, b = _entry(manifest, g), _entry(built, g)
+        expected.add(e["file"])
+        assert "fp32" not in e and "onnx" not in e
+        assert e["precision"] == b["precision"] and e["sha256"] == sha256_file(out / e["file"])
+        if b["precision"] == "int8":
+            assert e["quantized_from"]["engine"] == {"file": b["fp32"]["file"], "sha256": b["fp32"]["sha256"]}
+            assert e["quantized_from"]["onnx"]["sha256"] == b["onnx"]["sha256"]
+        else:
+            assert "quantized_from" not in e
+    assert {"int8", "fp32"} <= {_entry(manifest, g)["precision"] for g in GRAPHS}  # both kinds were copied
+    assert {p.name for p in out.iterdir()} == expected
+
+    person, mask = person_and_mask
+    with (
+        Restorer.from_dir(out, backend="onnxruntime", threads=1) as r,
+        Restorer.from_dir(src, backend="onnxruntime", threads=1) as full,
+    ):
+        a = np.asarray(r.restore(person, mask, "upper", seed=3, steps=2).image)
+        b = np.asarray(full.restore(person, mask, "upper", seed=3, steps=2).image)
+    assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [

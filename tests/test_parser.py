@@ -358,7 +358,16 @@ def test_bundle_script_includes_the_parser(tiny_checkpoint, tmp_path, capsys):
     bundle_demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bundle_demo)
     out = tmp_path / "bundle"
-    args = ["--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "data"), "--out", str(out)]
+    args = [
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+    ]
     assert bundle_demo.main([*args, "--parser", str(folder), "--parser-labels", str(mapping)]) == 0
     manifest = read_manifest(out)
     assert (out / manifest.raw["parser"]["file"]).is_file() and manifest.raw["parser"]["source"]["path"] == str(folder)
