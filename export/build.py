@@ -95,6 +95,9 @@ def _check_options(o: BuildOptions) -> tuple[int, int, str]:
     return h, w, precision
 
 
+ORT_CPU_ATTENTION = "com.microsoft.MultiHeadAttention"  # export.ort_attention
+
+
 def _engine_id(o: BuildOptions) -> tuple[str, list[str], dict]:
     if o.backend == "onnxruntime":
         try:
@@ -102,7 +105,8 @@ def _engine_id(o: BuildOptions) -> tuple[str, list[str], dict]:
         except ImportError:
             raise BuildError("ONNX Runtime is not installed: pip install 'igr-sdk[onnxruntime]'") from None
         if o.device == "cpu":
-            return "onnxruntime-cpu", ["CPUExecutionProvider"], {}
+            # recorded, and part of the build key: engines built before the rewrite are rebuilt
+            return "onnxruntime-cpu", ["CPUExecutionProvider"], {"attention": ORT_CPU_ATTENTION}
         if o.device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BuildError(

@@ -263,6 +263,10 @@ def quantize_graph(
         all_tensors_to_one_file=True,
         external_data_location=pre.name + ".data",
     )
+    # the fp32 engines' attention (export.ort_attention), rewritten before calibration sees the graph
+    fused = pre.with_name(f"{pre.stem}.fused.onnx")
+    if onnx_export.use_ort_attention(pre, fused):
+        fused.replace(pre)
     keep = edge_nodes(onnx.load(str(pre), load_external_data=False))
     for old in onnx_export._files_of(dst):
         old.unlink()

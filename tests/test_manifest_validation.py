@@ -166,6 +166,7 @@ OPTIONAL = {
     "gpu",
     "sm",
     "trt_version",
+    "attention",
     "data",
     "resolution",
     "batch",
