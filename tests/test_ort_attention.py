@@ -108,3 +108,26 @@ def test_cpu_engines_run_multihead_attention_and_keep_the_plain_onnx(tiny_engine
     assert sum(n.op_type == "MultiHeadAttention" for n in engine.graph.node) == n_plain
     assert not any(n.op_type == "Attention" for n in engine.graph.node)
     assert not list(tiny_engines.glob("onnx/*.fused.onnx"))  # the intermediate file is gone
+
+
+def test_graph_ab_benchmark_compares_one_graph_of_two_folders(tiny_engines, tmp_path):
+    from benchmarks import graph_ab
+
+    out = tmp_path / "ab.json"
+    report = graph_ab.main(
+        [
+            "--graph",
+            "denoiser",
+            "--a",
+            str(tiny_engines),
+            "--b",
+            str(tiny_engines),
+            "--repeats",
+            "3",
+            "--json",
+            str(out),
+        ]
+    )
+    assert report["max_rel_output_diff"] == 0.0  # the same engine on the same inputs
+    assert report["a"]["median_ms"] > 0 and report["b"]["median_ms"] > 0
+    assert json.loads(out.read_text())["ratio_a_over_b"] == report["ratio_a_over_b"]
