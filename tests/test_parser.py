@@ -342,6 +342,19 @@ def test_synthetic_label_maps_agree_with_the_mask_and_change_nothing_else(index)
     assert (labelled.labels == PARTS.index("skin")).any() and (labelled.labels == 0).any()
 
 
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_synthetic_label_maps_label_every_garment_by_its_kind(category):
+    """The plain clothes worn with the target garment carry their own kind's label, as a real parser's
+    map has them: trousers under a target top are a lower garment, a top over target trousers an upper
+    one; a dress comes alone. Which garment is the target is the caller's category, never a label."""
+    ids = {c: PARTS.index(GARMENT_PARTS[c]) for c in CATEGORIES}
+    worn = {"upper": {"lower"}, "lower": {"upper"}, "full": set()}[category]
+    for index in range(4):
+        labels = make_pair(pair_seed(11, index), (128, 96), category=category, labels=True).labels
+        present = {c for c, i in ids.items() if (labels == i).any()}
+        assert present == {category} | worn, (index, present)
+
 def test_bundle_script_includes_the_parser(tiny_checkpoint, tmp_path, capsys):
     """scripts/bundle_demo.py --parser: the bundle restores its examples from the photo alone."""
     import importlib.util

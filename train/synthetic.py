@@ -52,8 +52,11 @@ DECALS = ("none", "text", "logo")
 BACKGROUNDS = ("plain", "gradient", "noise", "room", "stripes")
 OCCLUDERS = ("arm", "hair", "bag")
 # The parts of a label map (``make_pair(..., labels=True)``), in label order: what a human parser
-# learns to tell apart. The target garment takes its category's label; the clothes the figure wears
-# besides it (plain trousers or top, shoes) are "other_clothing"; a bag is an "occluder".
+# learns to tell apart. Every garment takes the label of its kind, as a real parser's label map has it:
+# the target garment its category's, the plain trousers worn under a target top "lower_garment", the
+# plain top worn over a target skirt or trousers "upper_garment"; shoes are "other_clothing", a bag is
+# an "occluder". Which garment is the target is the caller's category, not something a parser could
+# see in the photo.
 PARTS = (
     "background",
     "skin",
@@ -531,7 +534,8 @@ def _figure_layers(
 
     # a layer's part follows from its paint: skin, hair and the other clothes each have one colour
     # per figure; anything else is skin when part of the figure (the eyes) and an occluder otherwise
-    paints = {id(skin): "skin", id(hair): "hair", id(other): "other_clothing", id(shoes): "other_clothing"}
+    worn = "lower_garment" if category == "upper" else "upper_garment"  # `other` is unused for "full"
+    paints = {id(skin): "skin", id(hair): "hair", id(other): worn, id(shoes): "other_clothing"}
 
     def part(c: np.ndarray, occ: bool) -> str:
         return paints.get(id(c), "occluder" if occ else "skin")
