@@ -40,7 +40,7 @@ from export.build import BuildError
 from export.graphs import GraphSpec, TensorSpec
 from igr_sdk.contract import parse_resolution
 from igr_sdk.engines import sha256_file
-from train.synthetic import GARMENT_PARTS, PARTS
+from train.synthetic import PARTS
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,18 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 # The public fashion parsers, by the label names their config.json carries.
+# This project's label maps name every garment by its kind (train/synthetic.py); a category's mask is
+# the union below, each category's own label first. Chosen on a validation seed (777, 300 pairs, not
+# the held-out test seed): on a small figure the parser sometimes calls the top a full garment, and
+# the halves of a dress a top and a skirt; the unions take upper IoU from 0.874 to 0.903 (its four
+# "no garment found" cases gone) and full from 0.914 to 0.920. Lower keeps its own label: of its true
+# pixels the parser calls 0.4% a full garment and 0.6% a top.
+IGR_CATEGORIES = {
+    "upper": ("upper_garment", "full_garment"),
+    "lower": ("lower_garment",),
+    "full": ("full_garment", "upper_garment", "lower_garment"),
+}
+
 LABEL_SETS = {
     # fashn-ai/fashn-human-parser: SegFormer-B4 fine-tuned at 576 x 384
     "fashn": LabelSet(
@@ -94,7 +106,7 @@ LABEL_SETS = {
         {"upper": ("Upper-clothes", "Coat"), "lower": ("Pants", "Skirt"), "full": ("Dress", "Jumpsuits")},
     ),
     # this project's parser, trained on synthetic label maps (train/train_parser.py)
-    "igr": LabelSet(PARTS, {c: (p,) for c, p in GARMENT_PARTS.items()}, (256, 192)),
+    "igr": LabelSet(PARTS, IGR_CATEGORIES, (256, 192)),
 }
 
 

@@ -15,7 +15,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from export.build import BuildError
-from export.parser import LABEL_SETS, ParserError, ParserOptions, add_parser, build_parser, resolve_labels
+from export.parser import (
+    IGR_CATEGORIES,
+    LABEL_SETS,
+    ParserError,
+    ParserOptions,
+    add_parser,
+    build_parser,
+    resolve_labels,
+)
 from igr_sdk import EngineError, InputError
 from igr_sdk._cli import main as cli_main
 from igr_sdk._manifest import read_manifest
@@ -211,7 +219,8 @@ def test_components_and_holes_at_the_border():
 def test_manifest_lists_and_hashes_the_parser(parsing_engines):
     m = read_manifest(parsing_engines)
     assert "parser.onnx" in m.named_files()
-    assert m.raw["parser"]["categories"] == {c: [PARTS.index(p)] for c, p in GARMENT_PARTS.items()}
+    assert m.raw["parser"]["categories"] == {c: [PARTS.index(p) for p in IGR_CATEGORIES[c]] for c in CATEGORIES}
+    assert all(IGR_CATEGORIES[c][0] == p for c, p in GARMENT_PARTS.items())  # each category's own label first
 
 
 @pytest.mark.parametrize(
@@ -342,7 +351,6 @@ def test_synthetic_label_maps_agree_with_the_mask_and_change_nothing_else(index)
     assert (labelled.labels == PARTS.index("skin")).any() and (labelled.labels == 0).any()
 
 
-
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_synthetic_label_maps_label_every_garment_by_its_kind(category):
     """The plain clothes worn with the target garment carry their own kind's label, as a real parser's
@@ -354,6 +362,7 @@ def test_synthetic_label_maps_label_every_garment_by_its_kind(category):
         labels = make_pair(pair_seed(11, index), (128, 96), category=category, labels=True).labels
         present = {c for c, i in ids.items() if (labels == i).any()}
         assert present == {category} | worn, (index, present)
+
 
 def test_bundle_script_includes_the_parser(tiny_checkpoint, tmp_path, capsys):
     """scripts/bundle_demo.py --parser: the bundle restores its examples from the photo alone."""
