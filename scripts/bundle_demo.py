@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest["parser"]["source"]["path"] = args.parser.as_posix()
         manifest["source_checkpoint"]["path"] = args.checkpoint.as_posix()
         # the training metadata records absolute paths of the machine it ran on; keep them repo-relative
-        text = json.dumps(manifest, indent=2).replace(str(REPO) + "/", "")
+        # (and the metric-weight cache home-relative)
+        text = json.dumps(manifest, indent=2).replace(str(REPO) + "/", "").replace(str(Path.home()) + "/", "~/")
         (args.out / "manifest.json").write_text(text)
 
     ds = open_dataset(args.data, split="test")
