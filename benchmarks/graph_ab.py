@@ -29,27 +29,28 @@ DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int3
 def _session(folder: Path, graph: str, threads: int):
     import onnxruntime as ort
 
-    from igr_sdk._manifest import read_manifest
-
-    manifest = read_manifest(folder)
-    entry = manifest.engine(graph, ENGINE)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    try:
+        entry = manifest["graphs"][graph]["engines"][ENGINE]
+    except KeyError:
+        raise SystemExit(f"{folder}: its manifest has no {ENGINE!r} engine for graph {graph!r}") from None
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(entry.path), so, providers=["CPUExecutionProvider"]), entry
+    return ort.InferenceSession(str(folder / entry["file"]), so, providers=["CPUExecutionProvider"]), entry
 
 
-def _inputs(entry, seed: int) -> dict[str, np.ndarray]:
+def _inputs(entry: dict, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
-    for t in entry.inputs:
-        dtype = DTYPES[t.dtype]
+    for t in entry["inputs"]:
+        dtype, shape = DTYPES[t["dtype"]], t["shape"]
         if np.issubdtype(dtype, np.integer):
-            feeds[t.name] = np.full(t.shape, 500, dtype)
-        elif t.name == "timestep":
-            feeds[t.name] = np.full(t.shape, 500.0, dtype)
+            feeds[t["name"]] = np.full(shape, 500, dtype)
+        elif t["name"] == "timestep":
+            feeds[t["name"]] = np.full(shape, 500.0, dtype)
         else:
-            feeds[t.name] = rng.standard_normal(t.shape).astype(dtype)
+            feeds[t["name"]] = rng.standard_normal(shape).astype(dtype)
     return feeds
 
 
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--repeats/--threads must be >= 1 and --warmup >= 0, got {args.repeats}/{args.threads}/{args.warmup}")
 
     (sa, ea), (sb, eb) = (_session(f, args.graph, args.threads) for f in (args.a, args.b))
-    if [(t.name, t.shape) for t in ea.inputs] != [(t.name, t.shape) for t in eb.inputs]:
-        raise SystemExit(f"{args.graph}: the two engines take different inputs: {ea.inputs} vs {eb.inputs}")
+    if ea["inputs"] != eb["inputs"]:
+        raise SystemExit(f"{args.graph}: the two engines take different inputs: {ea['inputs']} vs {eb['inputs']}")
     feeds = _inputs(ea, args.seed)
     ya, yb = sa.run(None, feeds)[0], sb.run(None, feeds)[0]
     diff = float(np.abs(ya.astype(np.float32) - yb.astype(np.float32)).max() / max(np.abs(ya).max(), 1e-12))
@@ -89,14 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "a": {
             "folder": str(args.a),
-            "file": ea.path.name,
+            "file": ea["file"],
             "median_ms": med["a"],
             "min_ms": min(times["a"]) * 1e3,
             "max_ms": max(times["a"]) * 1e3,
         },
         "b": {
             "folder": str(args.b),
-            "file": eb.path.name,
+            "file": eb["file"],
             "median_ms": med["b"],
             "min_ms": min(times["b"]) * 1e3,
             "max_ms": max(times["b"]) * 1e3,
