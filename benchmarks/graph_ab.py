@@ -54,6 +54,17 @@ def _inputs(entry: dict, seed: int) -> dict[str, np.ndarray]:
     return feeds
 
 
+def _summary(folder: Path, entry: dict, seconds: list[float]) -> dict:
+    ms = np.asarray(seconds) * 1e3
+    return {
+        "folder": str(folder),
+        "file": entry["file"],
+        "median_ms": float(np.median(ms)),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--graph", required=True, help="image_encoder, vae_encoder, garmnet, denoiser or vae_decoder")
@@ -83,26 +94,13 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             s.run(None, feeds)
             times[name].append(time.perf_counter() - t0)
-    med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    side = {k: _summary(folder, entry, times[k]) for k, folder, entry in (("a", args.a, ea), ("b", args.b, eb))}
     report = {
         "graph": args.graph,
         "threads": args.threads,
         "repeats": args.repeats,
-        "a": {
-            "folder": str(args.a),
-            "file": ea["file"],
-            "median_ms": med["a"],
-            "min_ms": min(times["a"]) * 1e3,
-            "max_ms": max(times["a"]) * 1e3,
-        },
-        "b": {
-            "folder": str(args.b),
-            "file": eb["file"],
-            "median_ms": med["b"],
-            "min_ms": min(times["b"]) * 1e3,
-            "max_ms": max(times["b"]) * 1e3,
-        },
-        "ratio_a_over_b": med["a"] / med["b"],
+        **side,
+        "ratio_a_over_b": side["a"]["median_ms"] / side["b"]["median_ms"],
         "max_rel_output_diff": diff,
     }
     print(f"{args.graph}, {args.threads} thread(s), median of {args.repeats} interleaved runs")

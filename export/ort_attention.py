@@ -30,7 +30,6 @@ def fuse_attention(model) -> int:
     """Rewrite ``model``'s eligible ``Attention`` nodes in place; returns how many were rewritten.
 
     ``model`` may be loaded without its external data: only shapes are read."""
-    import onnx
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -73,7 +72,7 @@ def fuse_attention(model) -> int:
         del graph.node[:]
         graph.node.extend(nodes)
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
-            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
         log.debug("rewrote %d Attention nodes as MultiHeadAttention", count)
     return count
 

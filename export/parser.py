@@ -67,7 +67,6 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
-# The public fashion parsers, by the label names their config.json carries.
 # This project's label maps name every garment by its kind (train/synthetic.py); a category's mask is
 # the union below, each category's own label first. Chosen on a validation seed (777, 300 pairs, not
 # the held-out test seed): on a small figure the parser sometimes calls the top a full garment, and
@@ -80,6 +79,7 @@ IGR_CATEGORIES = {
     "full": ("full_garment", "upper_garment", "lower_garment"),
 }
 
+# The public fashion parsers, by the label names their config.json carries.
 LABEL_SETS = {
     # fashn-ai/fashn-human-parser: SegFormer-B4 fine-tuned at 576 x 384
     "fashn": LabelSet(

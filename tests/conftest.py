@@ -186,3 +186,15 @@ def perceptual_weights(tmp_path_factory):
     ab = {"alpha": torch.rand(1, 1475, 1, 1, generator=g), "beta": torch.rand(1, 1475, 1, 1, generator=g)}
     torch.save(ab, root / "dists_weights.pt")
     return root
+
+
+@pytest.fixture(scope="session")
+def bundle_demo():
+    """scripts/bundle_demo.py as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "bundle_demo.py"
+    spec = importlib.util.spec_from_file_location("bundle_demo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

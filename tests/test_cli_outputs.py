@@ -308,18 +308,12 @@ def test_rebuild_keeps_the_examples_entry(tiny_engines, tiny_checkpoint, tmp_pat
     assert "examples" not in build(BuildOptions(checkpoint=tiny_checkpoint, out=d))
 
 
-def test_bundle_script_writes_hashed_examples(tiny_checkpoint, tmp_path, capsys):
+def test_bundle_script_writes_hashed_examples(tiny_checkpoint, tmp_path, capsys, bundle_demo):
     """scripts/bundle_demo.py's bundle opens under the manifest validation and its examples verify."""
-    import importlib.util
 
     from train.synthetic import generate
 
     generate(tmp_path / "data", 6, seed=0, size=(64, 48), hard_rate=0.0)
-    spec = importlib.util.spec_from_file_location(
-        "bundle_demo", Path(__file__).parents[1] / "scripts" / "bundle_demo.py"
-    )
-    bundle_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bundle_demo)
     out = tmp_path / "bundle"
     args = [
         "--checkpoint",

@@ -184,19 +184,12 @@ def test_fp32_rebuild_of_an_int8_folder_keeps_its_fp32_engines(int8_build, tiny_
     assert "quantization" not in m
 
 
-def test_bundle_carries_only_the_engines_the_runtime_loads(int8_build, person_and_mask, tmp_path):
+def test_bundle_carries_only_the_engines_the_runtime_loads(int8_build, person_and_mask, tmp_path, bundle_demo):
     """scripts/bundle_demo.py on an int8 build: the int8 engines and the graphs kept fp32 are copied,
     the fp32 engines the int8 ones came from are not (their hashes stay), and the bundle restores
     exactly what the full engine folder does."""
-    import importlib.util
-    from pathlib import Path
 
     src, built = int8_build
-    spec = importlib.util.spec_from_file_location(
-        "bundle_demo", Path(__file__).parents[1] / "scripts" / "bundle_demo.py"
-    )
-    bundle_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bundle_demo)
     manifest = json.loads((src / "manifest.json").read_text())
     out = tmp_path / "bundle"
     bundle_demo.copy_runtime_files(manifest, src, out)

@@ -364,9 +364,8 @@ def test_synthetic_label_maps_label_every_garment_by_its_kind(category):
         assert present == {category} | worn, (index, present)
 
 
-def test_bundle_script_includes_the_parser(tiny_checkpoint, tmp_path, capsys):
+def test_bundle_script_includes_the_parser(tiny_checkpoint, tmp_path, capsys, bundle_demo):
     """scripts/bundle_demo.py --parser: the bundle restores its examples from the photo alone."""
-    import importlib.util
 
     from train.synthetic import generate
 
@@ -374,11 +373,6 @@ def test_bundle_script_includes_the_parser(tiny_checkpoint, tmp_path, capsys):
     folder = _segformer(tmp_path / "segformer", ("background", "garment"), (64, 48), favour=1)
     mapping = tmp_path / "map.json"
     mapping.write_text(json.dumps({"categories": {c: ["garment"] for c in CATEGORIES}}))
-    spec = importlib.util.spec_from_file_location(
-        "bundle_demo", Path(__file__).parents[1] / "scripts" / "bundle_demo.py"
-    )
-    bundle_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bundle_demo)
     out = tmp_path / "bundle"
     args = [
         "--checkpoint",
