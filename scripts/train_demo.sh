@@ -13,7 +13,9 @@
 # while its VAE decoder is fine-tuned alone on garments (DEC_STEPS) with the encoder, and so the
 # latents, fixed; train/swap_decoder.py joins the two into $RUNS/demo.
 # Step 5: $RUNS/demo trained on under that schedule, with its two ablations; step 6: step 5 trained on
-# the same way; step 7, the shipped model: step 6 trained on the same way once more.
+# the same way; step 7 (not shipped): step 6 trained on the same way once more. Step 8: step 6 trained
+# on with a cosine-decaying learning rate, as it is and, side by side, re-split into one attention
+# head at the finest level (8h).
 # One thread per process: two runs share the two cores without oversubscribing them.
 # Everything resumes: run the script again after an interruption.
 set -euo pipefail
@@ -32,6 +34,8 @@ ZT3_COARSE=${ZT3_COARSE:-4200}
 ZT3_FINE=${ZT3_FINE:-300}
 ZT4_COARSE=${ZT4_COARSE:-3600}
 ZT4_FINE=${ZT4_FINE:-300}
+ZT5_COARSE=${ZT5_COARSE:-3000}
+ZT5_FINE=${ZT5_FINE:-300}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1
 COMMON=(--preset small --batch-size 4 --lr 3e-4 --warmup-steps 100 --train-image-encoder
@@ -123,8 +127,22 @@ wait
 coarse_then_fine ZT2 "$R/zt2-fine/final" "$R/zt3" "$ZT3_COARSE" "$ZT3_FINE" &
 [ -f "$R/parser/config.json" ] || $PY train/train_parser.py --out "$R/parser" &
 wait
-# step 7, the shipped model: step 6 trained on the same way once more
+# step 7 (not shipped): step 6 trained on the same way once more
 coarse_then_fine ZT2 "$R/zt3-fine/final" "$R/zt4" "$ZT4_COARSE" "$ZT4_FINE"
+# step 8: from step 6 again, the coarse stage's learning rate on a cosine from 2e-4 to 1e-5, the fine
+# stage at 1e-5; 8h the same with the finest level's attention re-split from 4 heads into 1
+DECAY=(--lr 2e-4 --lr-decay-steps "$ZT5_COARSE" --min-lr 1e-5)
+for v in "" h; do
+    heads=(); [ "$v" = h ] && heads=(--attention-heads 1,4,4)
+    $PY train/train.py "${ZT2[@]}" "${DECAY[@]}" "${heads[@]}" --data "$R/data/train" --init "$R/zt3-fine/final" \
+        --stage coarse --max-steps "$ZT5_COARSE" --out "$R/zt5$v-coarse" &
+done
+wait
+for v in "" h; do
+    $PY train/train.py "${ZT2[@]}" --lr 1e-5 --data "$R/data/train" --init "$R/zt5$v-coarse/final" --stage fine \
+        --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$ZT5_FINE" --out "$R/zt5$v-fine" &
+done
+wait
 echo "bundle: $PY scripts/bundle_demo.py --checkpoint $R/zt4-fine/final --data $R/data/test --parser $R/parser"
 echo "models: $R/zt4-fine/final (shipped); step 6: $R/zt3-fine/final; step 5: $R/zt2-fine/final, $R/zt2-coarse/step-$(printf %06d "$ZT2_ABL") and $R/zt2-nogarmnet/final," \
      "$R/zt2-nohqft/final; step 4: $R/demo; step 3: $R/full-fine/final, $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"

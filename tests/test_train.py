@@ -23,7 +23,7 @@ from train.checkpoint import load_checkpoint, new_model, read_meta, save_checkpo
 from train.config import preset
 from train.curate import curate, write_list
 from train.datasets import open_dataset
-from train.loop import TrainError, find_state
+from train.loop import TrainError, find_state, lr_factor
 from train.objective import DiffusionObjective, Draws, alphas_cumprod, draw, set_trainable
 from train.synthetic import generate
 from train.train import TrainConfig, main, train
@@ -207,6 +207,47 @@ def test_interrupted_run_resumes_bit_exactly(data, tmp_path):
     rows = [(tmp_path / x / "loss.csv").read_text().splitlines() for x in "ab"]
     strip = [[",".join(line.split(",")[:3]) for line in r] for r in rows]  # seconds differ
     assert strip[0] == strip[1] and len(strip[0]) == 9
+
+
+def test_lr_warms_up_then_decays_on_a_cosine_to_the_floor():
+    # warm-up 2, decay until step 6 from 1 to 0.1: halfway (step 4) the cosine is at 0.55
+    got = [round(lr_factor(s, 2, 6, 0.1), 4) for s in range(8)]
+    assert got == [0.5, 1.0, 1.0, 0.8682, 0.55, 0.2318, 0.1, 0.1]
+    assert [lr_factor(s, 0, 0, 0.0) for s in (0, 10**6)] == [1.0, 1.0]
+
+
+def test_decaying_lr_is_logged_and_fixed_for_the_run(data, tmp_path):
+    kw = {"max_steps": 4, "lr": 1e-3, "warmup_steps": 1, "lr_decay_steps": 5, "min_lr": 1e-4, "log_every": 1}
+    train(cfg(data, tmp_path / "r", **kw))
+    logged = [float(line.split(",")[2]) for line in (tmp_path / "r" / "loss.csv").read_text().splitlines()[1:]]
+    # the rate a step ran at, after s steps: lr * lr_factor(s - 1) once the scheduler has stepped
+    want = [1e-3 * lr_factor(s, 1, 5, 0.1) for s in range(1, 5)]
+    assert logged == pytest.approx(want, rel=1e-5)
+    with pytest.raises(TrainError, match="--lr-decay-steps 9"):
+        train(cfg(data, tmp_path / "r", **{**kw, "max_steps": 6, "lr_decay_steps": 9}, resume=True))
+    with pytest.raises(TrainError, match="--min-lr: must not exceed --lr"):
+        cfg(data, tmp_path / "x", lr=1e-4, min_lr=1e-3)
+    with pytest.raises(TrainError, match="--lr-decay-steps: must be past the warm-up"):
+        cfg(data, tmp_path / "x", warmup_steps=10, lr_decay_steps=5)
+
+
+def test_attention_heads_resplit_the_start_weights(data, tmp_path):
+    base = train(cfg(data, tmp_path / "base", max_steps=1)).final
+    r = train(cfg(data, tmp_path / "h", max_steps=1, lr=1e-9, init=str(base), attention_heads=(1, 2)))
+    before, after = load_checkpoint(base), load_checkpoint(r.final)
+    assert after.config.unet.heads_per_level == (1, 2) and before.config.unet.heads_per_level == (4, 4)
+    attn = {n: m.heads for n, m in after.denoiser.named_modules() if n.endswith("attn1")}
+    assert attn["down_blocks.0.attentions.0.transformer_blocks.0.attn1"] == 1
+    assert attn["mid_block.attentions.0.transformer_blocks.0.attn1"] == 2
+    # every weight carried over (one step at lr 1e-9 moves none visibly)
+    a, b = before.denoiser.state_dict(), after.denoiser.state_dict()
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # its checkpoint starts a run of the same preset; bad counts are named
+    train(cfg(data, tmp_path / "h2", max_steps=1, init=str(r.final)))
+    with pytest.raises(TrainError, match="--attention-heads 3,2: .*3 heads do not divide a block width of 32"):
+        train(cfg(data, tmp_path / "bad", max_steps=1, init=str(base), attention_heads=(3, 2)))
+    with pytest.raises(TrainError, match="one head count per down block"):
+        train(cfg(data, tmp_path / "bad2", max_steps=1, init=str(base), attention_heads=(1,)))
 
 
 def test_killed_process_resumes_bit_exactly(data, tmp_path):

@@ -40,10 +40,27 @@ class UNetConfig:
     )
     layers_per_block: int = 2
     cross_attention_dim: int = 768
-    # diffusers' legacy name: for SD1.5 this is the number of heads, not their width.
-    attention_head_dim: int = 8
+    # diffusers' legacy name: for SD1.5 this is the number of heads, not their width. One number for
+    # every level, or one per down block (finest first; the mid block takes the last, up blocks mirror).
+    attention_head_dim: int | tuple[int, ...] = 8
     norm_num_groups: int = 32
     use_linear_projection: bool = False
+
+    def __post_init__(self) -> None:
+        n = len(self.block_out_channels)
+        heads = self.heads_per_level
+        if len(heads) != n:
+            raise ValueError(
+                f"attention_head_dim: give one head count per down block ({n}), got {self.attention_head_dim}"
+            )
+        for width, h in zip(self.block_out_channels, heads):
+            if h <= 0 or width % h:
+                raise ValueError(f"attention_head_dim: {h} heads do not divide a block width of {width} channels")
+
+    @property
+    def heads_per_level(self) -> tuple[int, ...]:
+        h = self.attention_head_dim
+        return (h,) * len(self.block_out_channels) if isinstance(h, int) else tuple(h)
 
     def diffusers_kwargs(self, in_channels: int) -> dict[str, Any]:
         return {

@@ -112,9 +112,12 @@ def check_init_config(path: Path, config: IGRConfig, preset_name: str) -> None:
     diff = []
     if preset_name != "sd15":
         expected = preset(preset_name)
-        # a pre-trained VAE brings its own latent scale: weights and shapes are what must match
+        # a pre-trained VAE brings its own latent scale, and a model re-split into other attention heads
+        # (--attention-heads) its own head counts: weights and shapes are what must match
         vae = dataclasses.replace(config.vae, scaling_factor=expected.vae.scaling_factor)
-        diff = [k for k in ARCHITECTURE if (vae if k == "vae" else getattr(config, k)) != getattr(expected, k)]
+        unet = dataclasses.replace(config.unet, attention_head_dim=expected.unet.attention_head_dim)
+        ours = {**{k: getattr(config, k) for k in ARCHITECTURE}, "vae": vae, "unet": unet}
+        diff = [k for k in ARCHITECTURE if ours[k] != getattr(expected, k)]
     if config.name != preset_name or diff:
         what = f"preset {config.name!r}" + (f" (differs in {', '.join(diff)})" if diff else "")
         raise CheckpointError(
@@ -161,6 +164,9 @@ def build_model(cfg: TrainConfig, saved_config: dict[str, Any] | None) -> IGRMod
         )
     if cfg.guidance_scale is not None:
         c = dataclasses.replace(c, guidance_scale=cfg.guidance_scale)
+    if cfg.attention_heads is not None and tuple(cfg.attention_heads) != c.unet.heads_per_level:
+        model = with_attention_heads(model, c, tuple(cfg.attention_heads))
+        c = model.config
     if c.scheduler.rescale_betas_zero_snr:
         if c.scheduler.prediction_type != "v_prediction":
             raise TrainError(
@@ -173,8 +179,25 @@ def build_model(cfg: TrainConfig, saved_config: dict[str, Any] | None) -> IGRMod
                 f"--snr-gamma {cfg.snr_gamma:g} with a zero-terminal-SNR schedule: Min-SNR weights the v error by "
                 "min(SNR, gamma) / (SNR + 1), which is 0 at the last timestep, where sampling starts; leave it off"
             )
-    model.config = c  # none of these change the architecture
+    model.config = c  # none of these change the architecture (the heads' rebuild is done above)
     return model
+
+
+def with_attention_heads(model: IGRModel, config: IGRConfig, heads: tuple[int, ...]) -> IGRModel:
+    """The same weights split into ``heads`` attention heads per UNet level (both UNets).
+
+    The projections keep their shapes, so every weight carries over; what changes is how the
+    query/key channels are grouped, and so the attention pattern: the model needs training after it.
+    Fewer heads at the finest level cut the attention-score elements there, the CPU engines' main cost.
+    """
+    try:
+        unet = dataclasses.replace(config.unet, attention_head_dim=heads)
+    except ValueError as e:
+        raise TrainError(f"--attention-heads {','.join(map(str, heads))}: {e}") from None
+    rebuilt = IGRModel(dataclasses.replace(config, unet=unet))
+    rebuilt.load_state_dict(model.state_dict())
+    log.info("attention heads per level %s -> %s", config.unet.heads_per_level, heads)
+    return rebuilt.eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,8 +399,21 @@ def training_set(data: RunData, model: IGRModel, cfg: TrainConfig, accelerator) 
     return ConcatDataset(parts)
 
 
+def lr_factor(step: int, warmup: int, decay_steps: int, min_ratio: float) -> float:
+    """The learning-rate multiplier after ``step`` optimizer steps: a linear warm-up over ``warmup``
+    steps, then, if ``decay_steps``, half a cosine from 1 down to ``min_ratio`` at step ``decay_steps``,
+    flat after it. The horizon is its own option rather than --max-steps, so a run cut short or
+    extended on resume keeps the curve it started with.
+    """
+    f = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if decay_steps:
+        p = min(1.0, max(0, step - warmup) / (decay_steps - warmup))
+        f *= min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return f
+
+
 def make_optimizer(model: IGRModel, cfg: TrainConfig):
-    """(objective, its trainable parameters, AdamW, the warm-up LR schedule)."""
+    """(objective, its trainable parameters, AdamW, the LR schedule of ``lr_factor``)."""
     set_trainable(model, cfg.train_vae, cfg.train_image_encoder)
     if cfg.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
@@ -387,8 +423,8 @@ def make_optimizer(model: IGRModel, cfg: TrainConfig):
     )
     params = trainable_parameters(objective)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = cfg.warmup_steps
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    warmup, decay, min_ratio = cfg.warmup_steps, cfg.lr_decay_steps, cfg.min_lr / cfg.lr
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, decay, min_ratio))
     return objective, params, optimizer, lr_schedule
 
 

@@ -109,6 +109,14 @@ def parser() -> argparse.ArgumentParser:
     a("--lr", type=float, default=None, help="AdamW learning rate (default 1e-5 for sd15, 1e-4 for tiny/small)")
     a("--weight-decay", type=float, default=d.weight_decay)
     a("--warmup-steps", type=int, default=d.warmup_steps, help="linear learning-rate warm-up")
+    a(
+        "--lr-decay-steps",
+        type=int,
+        default=d.lr_decay_steps,
+        help="after the warm-up, a cosine decay of the learning rate that reaches --min-lr at this step "
+        "and stays there (0: constant); fixed for the run, unlike --max-steps",
+    )
+    a("--min-lr", type=float, default=d.min_lr, help="the learning rate at the end of --lr-decay-steps")
     a("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping, 0 disables")
     a("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default: launcher's, else 1)")
     a("--mixed-precision", choices=MIXED_PRECISION, default=None, help="default: launcher's, else no")
@@ -147,8 +155,22 @@ def parser() -> argparse.ArgumentParser:
     a("--ema-decay", type=float, default=None, help="keep an EMA of the weights, e.g. 0.999 (default: off)")
     a("--thumbnail-weight", type=float, default=None, help="IP-token thumbnail loss weight (default: 0, off)")
     a("--latent-cache", default=None, help="folder for cached VAE latents of the pairs (frozen VAE only)")
+    a(
+        "--attention-heads",
+        type=_int_list,
+        default=None,
+        help="attention heads per UNet level, finest first, e.g. 1,4,4: the start's weights re-split into "
+        "these heads (fewer at the finest level make CPU engines faster); default: the model's",
+    )
     a("-q", "--quiet", action="store_true", help="warnings only")
     return ap
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,4,4, got {text!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -43,6 +43,8 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float = 1e-2
     warmup_steps: int = 0
+    lr_decay_steps: int = 0  # cosine decay after the warm-up, reaching min_lr at this step (0: constant lr)
+    min_lr: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
     grad_accum: int | None = None
     mixed_precision: str | None = None
@@ -75,6 +77,7 @@ class TrainConfig:
     ema_decay: float | None = None  # EMA of the weights, stored in checkpoints and sampled from
     thumbnail_weight: float | None = None  # weight of the training-only IP-token thumbnail loss (None: 0)
     latent_cache: str | None = None  # folder of cached VAE latents (the VAE must be frozen)
+    attention_heads: tuple[int, ...] | None = None  # heads per UNet level, finest first; None: the model's
 
     def __post_init__(self) -> None:
         def bad(option: str, why: str) -> None:
@@ -111,6 +114,7 @@ class TrainConfig:
             ("--val-steps", self.val_steps, 1),
             ("--num-workers", self.num_workers, 0),
             ("--warmup-steps", self.warmup_steps, 0),
+            ("--lr-decay-steps", self.lr_decay_steps, 0),
             ("--keep-checkpoints", self.keep_checkpoints, 0),
             ("--seed", self.seed, 0),
         ):
@@ -118,6 +122,12 @@ class TrainConfig:
                 bad(option, f"must be >= {least}, got {n}")
         if self.lr is not None and not self.lr > 0:
             bad("--lr", f"must be > 0, got {self.lr}")
+        if self.lr_decay_steps and self.lr_decay_steps <= self.warmup_steps:
+            bad("--lr-decay-steps", f"must be past the warm-up ({self.warmup_steps} steps), got {self.lr_decay_steps}")
+        if not self.min_lr >= 0:
+            bad("--min-lr", f"must be >= 0, got {self.min_lr}")
+        if self.lr is not None and self.min_lr > self.lr:
+            bad("--min-lr", f"must not exceed --lr {self.lr}, got {self.min_lr}")
         if self.prediction_type not in (None, *PREDICTION_TYPES):
             bad("--prediction-type", f"expected one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.guidance_scale is not None and not self.guidance_scale >= 1.0:
