@@ -15,7 +15,7 @@
 # Step 5: $RUNS/demo trained on under that schedule, with its two ablations; step 6: step 5 trained on
 # the same way; step 7 (not shipped): step 6 trained on the same way once more. Step 8: step 6 trained
 # on with a cosine-decaying learning rate, as it is and, side by side, re-split into one attention
-# head at the finest level (8h).
+# head at the finest level (8h, the shipped model), with 8h's two ablations.
 # One thread per process: two runs share the two cores without oversubscribing them.
 # Everything resumes: run the script again after an interruption.
 set -euo pipefail
@@ -143,6 +143,21 @@ for v in "" h; do
         --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$ZT5_FINE" --out "$R/zt5$v-fine" &
 done
 wait
-echo "bundle: $PY scripts/bundle_demo.py --checkpoint $R/zt4-fine/final --data $R/data/test --parser $R/parser"
-echo "models: $R/zt4-fine/final (shipped); step 6: $R/zt3-fine/final; step 5: $R/zt2-fine/final, $R/zt2-coarse/step-$(printf %06d "$ZT2_ABL") and $R/zt2-nogarmnet/final," \
+# ablations of step 8h with its budgets: w/o HQFT (ZT5_FINE more coarse steps instead of the fine
+# stage) and w/o GarmNet (step 6 with GarmNet switched off, then step 8h's two stages)
+without_garmnet "$R/zt3-fine/final" "$R/zt3-nogarmnet"
+$PY train/train.py "${ZT2[@]}" --lr 1e-5 --data "$R/data/train" --init "$R/zt5h-coarse/final" --stage coarse \
+    --max-steps "$ZT5_FINE" --out "$R/zt5h-nohqft" &
+(
+    $PY train/train.py "${ZT2[@]}" "${DECAY[@]}" --attention-heads 1,4,4 --data "$R/data/train" \
+        --init "$R/zt3-nogarmnet" --stage coarse --max-steps "$ZT5_COARSE" --out "$R/zt5h-nogarmnet-coarse"
+    $PY train/train.py "${ZT2[@]}" --lr 1e-5 --data "$R/data/train" --init "$R/zt5h-nogarmnet-coarse/final" \
+        --stage fine --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$ZT5_FINE" \
+        --out "$R/zt5h-nogarmnet-fine"
+) &
+wait
+echo "bundle: $PY scripts/bundle_demo.py --checkpoint $R/zt5h-fine/final --data $R/data/test --parser $R/parser"
+echo "models: $R/zt5h-fine/final (shipped), its ablations $R/zt5h-nogarmnet-fine/final and $R/zt5h-nohqft/final;" \
+     "step 8: $R/zt5-fine/final; step 7: $R/zt4-fine/final; step 6: $R/zt3-fine/final;" \
+     "step 5: $R/zt2-fine/final, $R/zt2-coarse/step-$(printf %06d "$ZT2_ABL") and $R/zt2-nogarmnet/final," \
      "$R/zt2-nohqft/final; step 4: $R/demo; step 3: $R/full-fine/final, $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"
