@@ -221,3 +221,32 @@ def test_large_graphs_use_external_data_end_to_end(tiny_checkpoint, tmp_path, mo
             assert (out / f["file"]).stat().st_size > 0 and sha256_file(out / f["file"]) == f["sha256"]
     person, mask = person_and_mask
     assert Restorer.from_dir(out, backend="onnxruntime").restore(person, mask, steps=1, seed=0).image.size == (48, 64)
+
+
+def test_per_level_head_counts_export_to_matching_engines(tiny_config, tmp_path):
+    # one head at the finest level, two below: the CPU engine's attention must split channels the same way
+    import dataclasses
+
+    import onnx
+
+    from export.onnx_export import export_onnx, optimize_for_ort
+    from train.checkpoint import new_model
+
+    unet = dataclasses.replace(tiny_config.unet, attention_head_dim=(1, 2))
+    model = new_model(dataclasses.replace(tiny_config, unet=unet), seed=3)
+    spec = specs(model, 64, 48, 1)["denoiser"]
+    inputs = example_inputs(spec, seed=2)
+    expected = torch_outputs(module_for(model, "denoiser", 1), spec, inputs)[0]
+    export_onnx(module_for(model, "denoiser", 1), spec, inputs, tmp_path / "d.onnx")
+    optimize_for_ort(tmp_path / "d.onnx", tmp_path / "d.ort.onnx", ["CPUExecutionProvider"])
+    heads = sorted(
+        a.i
+        for n in onnx.load(str(tmp_path / "d.ort.onnx")).graph.node
+        if n.op_type == "MultiHeadAttention"
+        for a in n.attribute
+        if a.name == "num_heads"
+    )
+    assert heads and set(heads) == {1, 2}
+    for path in (tmp_path / "d.onnx", tmp_path / "d.ort.onnx"):
+        got = _session(path).run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -133,3 +135,19 @@ def test_without_garmnet_the_reference_is_empty_and_ip_tokens_still_count(tiny_m
     c = _noise_pred(ablated, person_latent, mask, text, crops * -1, sample, "cached")
     assert (a[2:] - c[2:]).abs().max() > 1e-4  # ... the garment crop still does, through the IP tokens
     assert (_noise_pred(ablated, person_latent, mask, text, crops, sample, "naive") - a).abs().max() <= 1e-5
+
+
+def test_head_counts_per_level_round_trip_and_are_checked(tiny_config):
+    import dataclasses
+
+    from train.config import IGRConfig
+
+    unet = dataclasses.replace(tiny_config.unet, attention_head_dim=(1, 2))
+    c = dataclasses.replace(tiny_config, unet=unet)
+    back = IGRConfig.from_dict(json.loads(c.to_json()))
+    assert back == c and back.unet.heads_per_level == (1, 2)
+    assert tiny_config.unet.heads_per_level == (4, 4)  # one number: every level
+    with pytest.raises(ValueError, match=r"one head count per down block \(2\), got \(1, 2, 4\)"):
+        dataclasses.replace(tiny_config.unet, attention_head_dim=(1, 2, 4))
+    with pytest.raises(ValueError, match="3 heads do not divide a block width of 32 channels"):
+        dataclasses.replace(tiny_config.unet, attention_head_dim=3)
