@@ -114,10 +114,12 @@ def check_init_config(path: Path, config: IGRConfig, preset_name: str) -> None:
         expected = preset(preset_name)
         # a pre-trained VAE brings its own latent scale, and a model re-split into other attention heads
         # (--attention-heads) its own head counts: weights and shapes are what must match
-        vae = dataclasses.replace(config.vae, scaling_factor=expected.vae.scaling_factor)
-        unet = dataclasses.replace(config.unet, attention_head_dim=expected.unet.attention_head_dim)
-        ours = {**{k: getattr(config, k) for k in ARCHITECTURE}, "vae": vae, "unet": unet}
-        diff = [k for k in ARCHITECTURE if ours[k] != getattr(expected, k)]
+        ours = dataclasses.replace(
+            config,
+            vae=dataclasses.replace(config.vae, scaling_factor=expected.vae.scaling_factor),
+            unet=dataclasses.replace(config.unet, attention_head_dim=expected.unet.attention_head_dim),
+        )
+        diff = [k for k in ARCHITECTURE if getattr(ours, k) != getattr(expected, k)]
     if config.name != preset_name or diff:
         what = f"preset {config.name!r}" + (f" (differs in {', '.join(diff)})" if diff else "")
         raise CheckpointError(
