@@ -250,6 +250,19 @@ def test_attention_heads_resplit_the_start_weights(data, tmp_path):
         train(cfg(data, tmp_path / "bad2", max_steps=1, init=str(base), attention_heads=(1,)))
 
 
+def test_a_widened_decoder_checkpoint_starts_a_run_of_its_preset(data, tmp_path):
+    from train.grow_decoder import widen_decoder
+
+    base = train(cfg(data, tmp_path / "base", max_steps=1)).final
+    wide = save_checkpoint(widen_decoder(load_checkpoint(base), (16, 32, 32, 32)), tmp_path / "wide")
+    r = train(cfg(data, tmp_path / "w", max_steps=1, init=str(wide)))
+    out = load_checkpoint(r.final)
+    assert out.config.vae.decoder_channels == (16, 32, 32, 32)
+    # the VAE is frozen in IGR training: the widened decoder comes out as it went in
+    a, b = load_checkpoint(wide).vae.state_dict(), out.vae.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_killed_process_resumes_bit_exactly(data, tmp_path):
     """SIGKILL a real `python train/train.py` after a saved state, resume in-process, compare."""
     run = tmp_path / "killed"

@@ -88,6 +88,29 @@ class VAEConfig:
     latent_channels: int = 4
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
+    # The decoder may be wider than the encoder, one width per level as block_out_channels (None: the
+    # same widths). Only the decoder turns latents into pixels, so it can grow after a denoiser has
+    # learned the encoder's latents (train/grow_decoder.py).
+    decoder_block_out_channels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        d = self.decoder_block_out_channels
+        if d is None:
+            return
+        if len(d) != len(self.block_out_channels):
+            raise ValueError(
+                f"decoder_block_out_channels: give one width per level ({len(self.block_out_channels)}), got {d}"
+            )
+        bad = [c for c in d if c <= 0 or c % self.norm_num_groups]
+        if bad:
+            raise ValueError(
+                f"decoder_block_out_channels: widths must be positive multiples of norm_num_groups "
+                f"({self.norm_num_groups}), got {d}"
+            )
+
+    @property
+    def decoder_channels(self) -> tuple[int, ...]:
+        return tuple(self.decoder_block_out_channels or self.block_out_channels)
 
     def diffusers_kwargs(self) -> dict[str, Any]:
         n = len(self.block_out_channels)

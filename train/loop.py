@@ -112,11 +112,16 @@ def check_init_config(path: Path, config: IGRConfig, preset_name: str) -> None:
     diff = []
     if preset_name != "sd15":
         expected = preset(preset_name)
-        # a pre-trained VAE brings its own latent scale, and a model re-split into other attention heads
-        # (--attention-heads) its own head counts: weights and shapes are what must match
+        # a pre-trained VAE brings its own latent scale and maybe a wider decoder (train/grow_decoder.py),
+        # and a model re-split into other attention heads (--attention-heads) its own head counts:
+        # weights and shapes are what must match
         ours = dataclasses.replace(
             config,
-            vae=dataclasses.replace(config.vae, scaling_factor=expected.vae.scaling_factor),
+            vae=dataclasses.replace(
+                config.vae,
+                scaling_factor=expected.vae.scaling_factor,
+                decoder_block_out_channels=expected.vae.decoder_block_out_channels,
+            ),
             unet=dataclasses.replace(config.unet, attention_head_dim=expected.unet.attention_head_dim),
         )
         diff = [k for k in ARCHITECTURE if getattr(ours, k) != getattr(expected, k)]

@@ -10,6 +10,7 @@ import logging
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.autoencoders.vae import Decoder
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -49,7 +50,31 @@ def build_unet(config: IGRConfig, in_channels: int) -> UNet2DConditionModel:
 
 
 def build_vae(config: IGRConfig) -> AutoencoderKL:
-    return AutoencoderKL(**config.vae.diffusers_kwargs())
+    vae = AutoencoderKL(**config.vae.diffusers_kwargs())
+    c = config.vae
+    if c.decoder_channels != tuple(c.block_out_channels):
+        # AutoencoderKL takes one set of widths for both halves; a wider decoder replaces its own,
+        # built as AutoencoderKL builds it
+        vae.decoder = Decoder(
+            in_channels=c.latent_channels,
+            out_channels=3,
+            up_block_types=("UpDecoderBlock2D",) * len(c.decoder_channels),
+            block_out_channels=c.decoder_channels,
+            layers_per_block=c.layers_per_block,
+            norm_num_groups=c.norm_num_groups,
+            act_fn="silu",
+            mid_block_add_attention=True,
+        )
+        # keep the encoder-width decoder's layer structure: a resnet that changed width there keeps its
+        # 1x1 shortcut conv even where the wider decoder's widths happen to match, so that a narrow
+        # decoder's weights can grow into this one (train/grow_decoder.py)
+        narrow = tuple(reversed(c.block_out_channels))  # up block i maps narrow[i - 1] -> narrow[i]
+        for i, block in enumerate(vae.decoder.up_blocks):
+            first = block.resnets[0]
+            if first.conv_shortcut is None and narrow[max(i - 1, 0)] != narrow[i]:
+                first.use_in_shortcut = True
+                first.conv_shortcut = nn.Conv2d(first.in_channels, first.out_channels, kernel_size=1)
+    return vae
 
 
 def build_image_encoder(config: IGRConfig) -> CLIPVisionModelWithProjection:

@@ -11,6 +11,7 @@ differs from the model's (its latents would not be the ones the denoiser predict
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from train.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
+from train.model import build_vae
 from train.pretrain_vae import DECODER_PREFIXES
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,10 @@ log = logging.getLogger(__name__)
 
 def swap_decoder(model_dir: str | Path, decoder_dir: str | Path, out: str | Path) -> Path:
     model, donor = load_checkpoint(model_dir), load_checkpoint(decoder_dir)
-    if model.config.vae != donor.config.vae:
+    # the donor's decoder may be wider (train/grow_decoder.py); everything else about the VAE must match
+    if dataclasses.replace(model.config.vae, decoder_block_out_channels=None) != dataclasses.replace(
+        donor.config.vae, decoder_block_out_channels=None
+    ):
         raise CheckpointError(
             f"the VAE configs differ: {model_dir} has {model.config.vae}, {decoder_dir} has {donor.config.vae}"
         )
@@ -36,7 +41,10 @@ def swap_decoder(model_dir: str | Path, decoder_dir: str | Path, out: str | Path
             f"{decoder_dir}'s VAE encoder differs from {model_dir}'s ({len(changed)} tensors, e.g. {changed[0]!r}): "
             "its decoder reads other latents than the ones this denoiser predicts"
         )
-    model.vae.load_state_dict({k: theirs[k] if k.startswith(DECODER_PREFIXES) else v for k, v in mine.items()})
+    if donor.config.vae != model.config.vae:
+        model.config = dataclasses.replace(model.config, vae=donor.config.vae)
+        model.vae = build_vae(model.config)
+    model.vae.load_state_dict({k: v if k.startswith(DECODER_PREFIXES) else mine[k] for k, v in theirs.items()})
     meta = {
         **read_meta(model_dir),
         "decoder_from": str(decoder_dir),
