@@ -87,6 +87,20 @@ def test_thumbnail_is_the_box_filtered_target():
     assert math.isclose(float(th[1, 2, 3]), float(target[1, 8:12, 12:16].mean()), rel_tol=1e-5)
 
 
+def test_cache_key_follows_the_encoder_not_the_decoder():
+    from train.grow_decoder import widen_decoder
+
+    model = new_model(preset("tiny"), seed=0)
+    key = vae_fingerprint(model)
+    assert vae_fingerprint(widen_decoder(model, (16, 32, 32, 32))) == key  # latents unchanged
+    with torch.no_grad():
+        model.vae.decoder.conv_out.bias.add_(1.0)
+    assert vae_fingerprint(model) == key
+    with torch.no_grad():
+        model.vae.encoder.conv_in.bias.add_(1.0)
+    assert vae_fingerprint(model) != key
+
+
 def test_cached_latents_give_the_same_loss(data, tmp_path):
     model = new_model(preset("tiny"), seed=0)
     set_trainable(model, train_image_encoder=True)

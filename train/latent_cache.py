@@ -21,16 +21,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from train.model import IGRModel
+from train.model import DECODER_PREFIXES, IGRModel
 from train.traindata import TrainSet, prepare_sample
 
 log = logging.getLogger(__name__)
 
 
 def vae_fingerprint(model: IGRModel) -> str:
-    """sha256 over the VAE weights, its latent scale and the model resolution (16 hex digits)."""
+    """sha256 over the VAE encoder's weights, its latent scale and the model resolution (16 hex digits).
+
+    The decoder is left out: the cache holds what the encoder makes, so a fine-tuned or widened
+    decoder (train/swap_decoder.py, train/grow_decoder.py) keeps using it.
+    """
     h = hashlib.sha256()
     for name, t in sorted(model.vae.state_dict().items()):
+        if name.startswith(DECODER_PREFIXES):
+            continue
         h.update(name.encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     c = model.config

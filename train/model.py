@@ -49,6 +49,9 @@ def build_unet(config: IGRConfig, in_channels: int) -> UNet2DConditionModel:
     return UNet2DConditionModel(**config.unet.diffusers_kwargs(in_channels))
 
 
+DECODER_PREFIXES = ("decoder.", "post_quant_conv.")  # the VAE parameters that turn latents into pixels
+
+
 def build_vae(config: IGRConfig) -> AutoencoderKL:
     vae = AutoencoderKL(**config.vae.diffusers_kwargs())
     c = config.vae

@@ -35,11 +35,10 @@ from igr_sdk.contract import resolution_arg
 from igr_sdk.preprocess import fit
 from train.checkpoint import load_checkpoint, new_model, save_checkpoint
 from train.config import preset
+from train.model import DECODER_PREFIXES
 from train.synthetic import make_pair, pair_seed
 
 log = logging.getLogger(__name__)
-
-DECODER_PREFIXES = ("decoder.", "post_quant_conv.")  # the VAE parameters that turn latents into pixels
 
 
 def batches(

@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 
 from train.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
-from train.model import build_vae
-from train.pretrain_vae import DECODER_PREFIXES
+from train.model import DECODER_PREFIXES, build_vae
 
 log = logging.getLogger(__name__)
 
