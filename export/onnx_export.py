@@ -117,31 +117,34 @@ def _size(path: Path) -> int:
 
 def optimize_for_ort(path: Path, out: Path, providers: list[str]) -> list[Path]:
     """ONNX Runtime's offline-optimised model (extended level: portable across machines of an EP).
-    For the CPU its attention nodes first become ONNX Runtime's flash attention (export.ort_attention)."""
+    For the CPU its attention nodes first become ONNX Runtime's flash attention (export.ort_attention)
+    and its group norms instance norms (export.ort_groupnorm)."""
     for old in _files_of(out):
         old.unlink()
     if providers[0] != "CPUExecutionProvider":
         session(path, providers, optimized_out=out)
         return _files_of(out)
-    fused = path.with_name(f"{path.stem}.fused.onnx")  # beside its source: external data stays where it is
+    rewritten = path.with_name(f"{path.stem}.cpu.onnx")  # beside its source: external data stays where it is
     try:
-        if use_ort_attention(path, fused):
-            path = fused
+        if rewrite_for_cpu(path, rewritten):
+            path = rewritten
         session(path, providers, optimized_out=out)
     finally:
-        fused.unlink(missing_ok=True)
+        rewritten.unlink(missing_ok=True)
     return _files_of(out)
 
 
-def use_ort_attention(src: Path, dst: Path) -> int:
-    """Write ``src`` with its Attention nodes as ONNX Runtime's MultiHeadAttention to ``dst`` (in the
-    same folder, so that external data resolves); returns how many were rewritten (0: nothing written)."""
+def rewrite_for_cpu(src: Path, dst: Path, attention: bool = True, group_norm: bool = True) -> int:
+    """Write ``src`` with the ONNX Runtime CPU rewrites to ``dst`` (in the same folder, so that external
+    data resolves): Attention as MultiHeadAttention, GroupNormalization through InstanceNormalization.
+    Returns how many nodes were rewritten (0: nothing written)."""
     import onnx
 
     from export.ort_attention import fuse_attention
+    from export.ort_groupnorm import groupnorm_as_instancenorm
 
     model = onnx.load(str(src), load_external_data=False)
-    n = fuse_attention(model)
+    n = (fuse_attention(model) if attention else 0) + (groupnorm_as_instancenorm(model) if group_norm else 0)
     if n:
         onnx.save(model, str(dst))
     return n

@@ -254,18 +254,24 @@ def quantize_graph(
         raise BuildError(f"no calibration inputs were recorded for {src.name}")
     large = onnx_export._size(src) > onnx_export.EXTERNAL_DATA_BYTES
     pre = tmp / f"{dst.stem}.pre.onnx"
-    # ONNX Runtime's recommended preparation: its basic graph optimisations and shape inference
-    quant_pre_process(
-        str(src),
-        str(pre),
-        skip_symbolic_shape=True,
-        save_as_external_data=large,
-        all_tensors_to_one_file=True,
-        external_data_location=pre.name + ".data",
-    )
+    # the fp32 engines' group norms (export.ort_groupnorm), rewritten before ONNX Runtime's preparation
+    # expands them into their function body
+    rewritten = src.with_name(f"{src.stem}.cpu.onnx")  # beside its source: external data stays where it is
+    try:
+        # ONNX Runtime's recommended preparation: its basic graph optimisations and shape inference
+        quant_pre_process(
+            str(rewritten if onnx_export.rewrite_for_cpu(src, rewritten, attention=False) else src),
+            str(pre),
+            skip_symbolic_shape=True,
+            save_as_external_data=large,
+            all_tensors_to_one_file=True,
+            external_data_location=pre.name + ".data",
+        )
+    finally:
+        rewritten.unlink(missing_ok=True)
     # the fp32 engines' attention (export.ort_attention), rewritten before calibration sees the graph
     fused = pre.with_name(f"{pre.stem}.fused.onnx")
-    if onnx_export.use_ort_attention(pre, fused):
+    if onnx_export.rewrite_for_cpu(pre, fused, group_norm=False):
         fused.replace(pre)
     keep = edge_nodes(onnx.load(str(pre), load_external_data=False))
     for old in onnx_export._files_of(dst):
