@@ -99,14 +99,20 @@ def _eligible(node, shapes) -> tuple[int, int, int] | None:
 
 
 def _shapes(model) -> dict[str, list]:
+    return _shapes_and_types(model)[0]
+
+
+def _shapes_and_types(model) -> tuple[dict[str, list], dict[str, int]]:
+    """Every tensor's inferred dims (None where not static) and element type."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    out = {}
+    shapes, types = {}, {i.name: i.data_type for i in model.graph.initializer}
     for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return out
+        t = vi.type.tensor_type
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        types[vi.name] = t.elem_type
+    return shapes, types
 
 
 def _attr(node, name):

@@ -20,7 +20,7 @@ import logging
 
 import numpy as np
 
-from export.ort_attention import _attr, _fresh
+from export.ort_attention import _attr, _fresh, _shapes_and_types
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +93,3 @@ def _eligible(node, shapes, types) -> tuple[int, int, int] | None:
     if not isinstance(channels, int) or channels <= 0 or channels % groups:
         return None
     return int(groups), channels, len(x)
-
-
-def _shapes_and_types(model) -> tuple[dict[str, list], dict[str, int]]:
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes, types = {}, {i.name: i.data_type for i in model.graph.initializer}
-    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        t = vi.type.tensor_type
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        types[vi.name] = t.elem_type
-    return shapes, types

@@ -34,38 +34,30 @@ from train.model import IGRModel
 log = logging.getLogger(__name__)
 
 
-def _copy_index(new: int, old: int, groups: int) -> torch.Tensor:
-    """For each of ``new`` channels, the old channel it copies: (new,).
+def _copies(new: int, old: int, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of ``new`` channels, the old channel it copies and which copy (0 .. k-1) it is: (new,) each.
 
     ``old`` channels in ``groups`` groups of s; new group g holds k = new // old copies of old group g,
     copy r of it at positions [g*k*s + r*s, g*k*s + (r+1)*s).
     """
     k, s = new // old, old // groups
     n = torch.arange(new)
-    return (n // (k * s)) * s + n % s
-
-
-def _copy_rank(new: int, old: int, groups: int) -> torch.Tensor:
-    """Which copy (0 .. k-1) each of ``new`` channels is: (new,)."""
-    k, s = new // old, old // groups
-    return (torch.arange(new) % (k * s)) // s
+    return (n // (k * s)) * s + n % s, (n % (k * s)) // s
 
 
 def _widen(w: torch.Tensor, shape: torch.Size, groups: int, gen: torch.Generator, jitter: float) -> torch.Tensor:
     """``w`` grown to ``shape``: dim 0 (outputs) duplicated, dim 1 (inputs of a conv/linear) split."""
     out = w
     if shape[0] != w.shape[0]:
-        out = out[_copy_index(shape[0], w.shape[0], groups)]
+        out = out[_copies(shape[0], w.shape[0], groups)[0]]
     if w.ndim >= 2 and shape[1] != w.shape[1]:
         new, old = shape[1], w.shape[1]
         k = new // old
-        out = out[:, _copy_index(new, old, groups)]
+        index, rank = _copies(new, old, groups)
         # shares 1/k + d_r with sum_r d_r = 0 for each (output, original input, kernel tap)
         d = (torch.rand((out.shape[0], old, k, *out.shape[2:]), generator=gen) - 0.5) * (2 * jitter / k)
         d = d - d.mean(dim=2, keepdim=True)  # (O, old, k, ...)
-        rank = _copy_rank(new, old, groups)
-        share = 1.0 / k + d[:, _copy_index(new, old, groups), rank]  # (O, new, ...)
-        out = out * share
+        out = out[:, index] * (1.0 / k + d[:, index, rank])  # (O, new, ...)
     return out
 
 
