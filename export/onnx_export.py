@@ -136,15 +136,19 @@ def optimize_for_ort(path: Path, out: Path, providers: list[str]) -> list[Path]:
 
 def rewrite_for_cpu(src: Path, dst: Path, attention: bool = True, group_norm: bool = True) -> int:
     """Write ``src`` with the ONNX Runtime CPU rewrites to ``dst`` (in the same folder, so that external
-    data resolves): Attention as MultiHeadAttention, GroupNormalization through InstanceNormalization.
-    Returns how many nodes were rewritten (0: nothing written)."""
+    data resolves): Attention as MultiHeadAttention, GroupNormalization through InstanceNormalization,
+    then the Reshape/Transpose chains that move no data removed (export.ort_layout). Returns how many
+    nodes were rewritten or removed (0: nothing written)."""
     import onnx
 
     from export.ort_attention import fuse_attention
     from export.ort_groupnorm import groupnorm_as_instancenorm
+    from export.ort_layout import fold_layout_chains
 
     model = onnx.load(str(src), load_external_data=False)
     n = (fuse_attention(model) if attention else 0) + (groupnorm_as_instancenorm(model) if group_norm else 0)
+    if n:  # the rewrites' layout moves meet the exporter's: the pairs that cancel go
+        n += fold_layout_chains(model)
     if n:
         onnx.save(model, str(dst))
     return n

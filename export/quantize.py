@@ -36,6 +36,10 @@ Settings (ONNX Runtime's quantisation docs, "Data type selection" and the FAQ):
   input or writes a graph output (the denoiser's conv_in and conv_out, the cross-attention K/V
   projections of the text and IP tokens, GarmNet's reference K/V projections): a small share of
   the compute that keeps each graph's inputs and outputs at full precision.
+* MatMul and Gemm outputs are not quantised (``FLOAT_OUTPUT_OPS``): each feeds a float op, and ONNX
+  Runtime then runs them as integer kernels with a float output (MatMulIntegerToFloat, QGemm)
+  instead of QLinearMatMul + DequantizeLinear. On the small demo denoiser this made an int8 step 5%
+  faster (one thread, 40 interleaved runs) and removed one rounding per projection.
 
 Why these choices, measured on the small demo model's denoiser (8 held-out inputs over the 25
 steps, 2 held-out pairs; output error as defined in ``Int8Limits``): MinMax ranges with every
@@ -82,6 +86,11 @@ log = logging.getLogger(__name__)
 
 ENGINE = "onnxruntime-cpu"
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+# Every MatMul/Gemm here feeds a float op (attention, a residual Add, GEGLU's Split), so a quantised
+# output would only be dequantised again: without it ONNX Runtime runs MatMulIntegerToFloat and QGemm
+# with a float output, one rounding less and two nodes fewer per projection. A Conv keeps its output
+# Q/DQ: QLinearConv is the only integer convolution ONNX Runtime has.
+FLOAT_OUTPUT_OPS = ("MatMul", "Gemm")
 SETTINGS = {
     "format": "QDQ",
     "ops": list(QUANTIZED_OPS),
@@ -89,6 +98,7 @@ SETTINGS = {
     "activations": "uint8, asymmetric, per tensor",
     "calibration": "percentile 99.999",
     "kept_fp32": "Conv/MatMul/Gemm nodes reading a graph input or writing a graph output",
+    "float_outputs": list(FLOAT_OUTPUT_OPS),
 }
 _HIST_CHUNK = 8  # calibration inputs per histogram update (1 past protobuf's limit): bounds the activations held
 
@@ -300,6 +310,7 @@ def _quantize_static(pre: Path, dst: Path, feeds, keep: list[str], large: bool, 
         extra_options={
             "CalibStridedMinMax": _stride(len(feeds), 1 if large else _HIST_CHUNK),
             "CalibPercentile": 99.999,
+            "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS),
         },
     )
 
