@@ -11,49 +11,25 @@ and a per-graph choice between int8 and fp32 made by measurement.
    preprocessing, CFG batch, the sampling steps of the manifest) and records every graph call's
    inputs: the denoiser's at each of the 25 timesteps, the other graphs' once per request.
 3. **Quantise** each candidate graph from its fp32 ONNX with ONNX Runtime's quantisation tool on
-   its calibration inputs (settings below).
+   its calibration inputs (``export/int8_graph.py`` has the settings, and why).
 4. **Measure** each int8 graph alone: its output against torch fp32 on the held-out inputs (the
    int8 parity check), and the restored garment of the held-out pairs with only this graph in int8
    against the all-fp32 engines (SSIM, PSNR, and LPIPS where its weights are found:
-   ``export/int8_measure.py``). Then all accepted graphs together; while that combination fails,
-   the accepted graph that hurt the image most alone (LPIPS, else SSIM) goes back to fp32.
-5. **Record** per graph in the manifest: ``precision``, the calibration set's hash and the
-   measured numbers with the reason for the choice; graphs that stay fp32 keep their fp32 engine.
+   ``export/int8_measure.py``). A graph that fails and has an output stage (nodes at the resolution
+   of an image-shaped output: the VAE decoder's last up block) is quantised and measured again with
+   that stage fp32. Then all accepted graphs together; while that combination fails, the accepted
+   graph that hurt the image most alone (LPIPS, else SSIM) gives way: first to its version with
+   the output stage fp32, where it has one not yet tried, then to fp32.
+5. **Record** per graph in the manifest: ``precision``, the calibration set's hash, the nodes kept
+   fp32 besides the graph edges (``output_stage_fp32``) and the measured numbers with the reason
+   for the choice; graphs that stay fp32 keep their fp32 engine.
 
-Settings (ONNX Runtime's quantisation docs, "Data type selection" and the FAQ):
-
-* QDQ format; weights int8, symmetric, per output channel; activations uint8, asymmetric, per
-  tensor (U8S8), ranges from the 99.999th percentile of the calibration histograms.
-* Why uint8 activations: off ARM, ONNX Runtime fuses QDQ groups into integer kernels
-  (QLinearConv, QLinearMatMul) only for uint8 activations; int8 activations are rewritten to uint8
-  at load by its QDQ S8-to-U8 pass, which in ONNX Runtime 1.32 fails on opset >= 21 graphs
-  ("output_dtype INT8 does not match y_zero_point type UINT8"). u8 x s8 is what AVX-512 VNNI's
-  VPDPBUSD computes, accumulating in 32 bits, so nothing saturates. Without VNNI (AVX2, AVX-512
-  without VNNI) ONNX Runtime uses VPMADDUBSW, whose 16-bit sums can saturate: build on such a
-  host with ``reduce_range`` (7-bit weights), which the build suggests when it sees no VNNI.
-* Only Conv, MatMul and Gemm are quantised: the compute. Normalisation, softmax, the fused
-  attention and elementwise ops stay fp32, and so does every Conv/MatMul/Gemm that reads a graph
-  input or writes a graph output (the denoiser's conv_in and conv_out, the cross-attention K/V
-  projections of the text and IP tokens, GarmNet's reference K/V projections): a small share of
-  the compute that keeps each graph's inputs and outputs at full precision.
-* MatMul and Gemm outputs are not quantised (``FLOAT_OUTPUT_OPS``): each feeds a float op, and ONNX
-  Runtime then runs them as integer kernels with a float output (MatMulIntegerToFloat, QGemm)
-  instead of QLinearMatMul + DequantizeLinear. On the small demo denoiser this made an int8 step 5%
-  faster (one thread, 40 interleaved runs) and removed one rounding per projection.
-
-Why these choices, measured on the small demo model's denoiser (8 held-out inputs over the 25
-steps, 2 held-out pairs; output error as defined in ``Int8Limits``): MinMax ranges with every
-Conv/MatMul/Gemm quantised gave an output error of 0.154; percentile ranges 0.047; percentile
-ranges with the graph-edge nodes kept fp32 0.031, and restored garments at SSIM 0.994-0.997 and
-PSNR 40-45 dB against fp32. With MinMax the restored garments fell to SSIM 0.86-0.93.
 docs/int8.md has the per-graph measurement and the commands that measure latency and quality.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import logging
 import platform
@@ -65,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from export import onnx_export
 from export.build import BuildError, BuildOptions
 from export.graphs import GRAPHS, module_for, specs
+from export.int8_graph import FLOAT_OUTPUT_OPS, QUANTIZED_OPS, Quantized, count_qdq, quantize_graph
 from export.int8_measure import (
     ImageScorer,
     Int8Limits,
@@ -85,12 +61,6 @@ from igr_sdk.engines import Manifest, sha256_file
 log = logging.getLogger(__name__)
 
 ENGINE = "onnxruntime-cpu"
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-# Every MatMul/Gemm here feeds a float op (attention, a residual Add, GEGLU's Split), so a quantised
-# output would only be dequantised again: without it ONNX Runtime runs MatMulIntegerToFloat and QGemm
-# with a float output, one rounding less and two nodes fewer per projection. A Conv keeps its output
-# Q/DQ: QLinearConv is the only integer convolution ONNX Runtime has.
-FLOAT_OUTPUT_OPS = ("MatMul", "Gemm")
 SETTINGS = {
     "format": "QDQ",
     "ops": list(QUANTIZED_OPS),
@@ -99,8 +69,8 @@ SETTINGS = {
     "calibration": "percentile 99.999",
     "kept_fp32": "Conv/MatMul/Gemm nodes reading a graph input or writing a graph output",
     "float_outputs": list(FLOAT_OUTPUT_OPS),
+    "output_stage": "fp32 in a graph that fails all int8, alone or combined, and has one",
 }
-_HIST_CHUNK = 8  # calibration inputs per histogram update (1 past protobuf's limit): bounds the activations held
 
 
 @dataclass(frozen=True)
@@ -218,111 +188,6 @@ class Pipeline:
         return [np.asarray(im.convert("RGB")) for im in result.images], backend.calls or {}
 
 
-# --- quantising one graph --------------------------------------------------------------------------
-class _Feeds:
-    """ONNX Runtime's calibration data reader over recorded feeds (with the range the strided
-    calibration loop sets)."""
-
-    def __init__(self, feeds: Sequence[dict[str, np.ndarray]]):
-        self._feeds = list(feeds)
-        self.set_range(0, len(self._feeds))
-
-    def __len__(self) -> int:
-        return len(self._feeds)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._it = iter(self._feeds[start_index:end_index])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
-
-
-def _stride(n: int, limit: int = _HIST_CHUNK) -> int:
-    """The largest divisor of n not above ``limit`` (ONNX Runtime's strided calibration needs one)."""
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
-def edge_nodes(model) -> list[str]:
-    """Names of the quantisable nodes that read a graph input or write a graph output."""
-    inputs = {i.name for i in model.graph.input}
-    outputs = {o.name for o in model.graph.output}
-    return [
-        n.name
-        for n in model.graph.node
-        if n.op_type in QUANTIZED_OPS and (set(n.input) & inputs or set(n.output) & outputs)
-    ]
-
-
-def quantize_graph(
-    src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]], tmp: Path, reduce_range: bool = False
-) -> list[Path]:
-    """Static QDQ quantisation of the fp32 ONNX ``src`` on ``feeds``; returns the files written."""
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if not feeds:
-        raise BuildError(f"no calibration inputs were recorded for {src.name}")
-    large = onnx_export._size(src) > onnx_export.EXTERNAL_DATA_BYTES
-    pre = tmp / f"{dst.stem}.pre.onnx"
-    # the fp32 engines' group norms (export.ort_groupnorm), rewritten before ONNX Runtime's preparation
-    # expands them into their function body
-    rewritten = src.with_name(f"{src.stem}.cpu.onnx")  # beside its source: external data stays where it is
-    try:
-        # ONNX Runtime's recommended preparation: its basic graph optimisations and shape inference
-        quant_pre_process(
-            str(rewritten if onnx_export.rewrite_for_cpu(src, rewritten, attention=False) else src),
-            str(pre),
-            skip_symbolic_shape=True,
-            save_as_external_data=large,
-            all_tensors_to_one_file=True,
-            external_data_location=pre.name + ".data",
-        )
-    finally:
-        rewritten.unlink(missing_ok=True)
-    # the fp32 engines' attention (export.ort_attention), rewritten before calibration sees the graph
-    fused = pre.with_name(f"{pre.stem}.fused.onnx")
-    if onnx_export.rewrite_for_cpu(pre, fused, group_norm=False):
-        fused.replace(pre)
-    keep = edge_nodes(onnx.load(str(pre), load_external_data=False))
-    for old in onnx_export._files_of(dst):
-        old.unlink()
-    with contextlib.redirect_stdout(io.StringIO()):  # the calibrators narrate their progress on stdout
-        _quantize_static(pre, dst, feeds, keep, large, reduce_range)
-    return onnx_export._files_of(dst)
-
-
-def _quantize_static(pre: Path, dst: Path, feeds, keep: list[str], large: bool, reduce_range: bool) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    quantize_static(
-        str(pre),
-        str(dst),
-        _Feeds(feeds),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(QUANTIZED_OPS),
-        per_channel=True,
-        reduce_range=reduce_range,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=keep,
-        use_external_data_format=large,
-        calibrate_method=CalibrationMethod.Percentile,
-        extra_options={
-            "CalibStridedMinMax": _stride(len(feeds), 1 if large else _HIST_CHUNK),
-            "CalibPercentile": 99.999,
-            "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS),
-        },
-    )
-
-
-def count_qdq(path: Path) -> int:
-    """QuantizeLinear + DequantizeLinear nodes of an ONNX file."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-
-
 # --- measuring -------------------------------------------------------------------------------------
 def _spread(items: Sequence, k: int) -> list:
     """Up to ``k`` items evenly spread over the sequence (the denoiser's calls span all timesteps)."""
@@ -334,11 +199,20 @@ def _spread(items: Sequence, k: int) -> list:
 @dataclass
 class Candidate:
     graph: str
-    files: list[Path]
+    quantized: Quantized
     session: Any
     measured: dict[str, Any] = field(default_factory=dict)
     accepted: bool = False
     reason: str = ""
+
+    @property
+    def files(self) -> list[Path]:
+        return self.quantized.files
+
+    @property
+    def stage_left(self) -> bool:
+        """Whether a version with the output stage fp32 exists and is not this one."""
+        return bool(self.quantized.output_stage) and not self.quantized.output_stage_fp32
 
 
 # --- the build stage -------------------------------------------------------------------------------
@@ -449,6 +323,10 @@ def quantize_engines(manifest: dict, out: Path, model, o: BuildOptions, prev: Ma
             "decision": "int8" if c and c.accepted else "fp32",
             "reason": c.reason if c else "not a candidate graph (int8 graphs option)",
             "calibration_sha256": cal_sha,
+            # besides the graph-edge nodes every int8 graph keeps (export/int8_graph.py)
+            "output_stage_fp32": list(c.quantized.output_stage)
+            if c and c.accepted and c.quantized.output_stage_fp32
+            else [],
             "measured": c.measured if c else {},
         }
         base = {k: v for k, v in fp32[g].items() if k != "quantization"}
@@ -511,46 +389,64 @@ def _measure_and_decide(
         except EngineError as e:  # e.g. NaN from an engine: a measured failure, not a crash
             return f"the restore failed: {e}"
 
-    results: dict[str, Any] = {}
-    for g in opts.graphs:
+    def candidate(g: str, output_stage_fp32: bool = False) -> Candidate:
+        """Quantise ``g`` and measure it alone (a version with the output stage fp32 replaces the file of
+        the one before: it is only built once that one is rejected)."""
         lim = opts.limits_for(g)
         dst = out / f"{g}.int8.{ENGINE}.onnx"
-        files = quantize_graph(out / fp32[g]["onnx"]["file"], dst, cal_calls.get(g, []), tmp, opts.reduce_range)
-        c = Candidate(g, files, session(dst, opts.threads))
+        feeds = cal_calls.get(g, [])
+        q = quantize_graph(out / fp32[g]["onnx"]["file"], dst, feeds, tmp, opts.reduce_range, output_stage_fp32)
+        c = Candidate(g, q, session(dst, opts.threads))
         c.measured["qdq_nodes"] = count_qdq(dst)
         if not c.measured["qdq_nodes"]:
             c.reason = (
                 f"nothing to quantise: no {'/'.join(QUANTIZED_OPS)} node away from the graph's inputs and outputs"
             )
-            log.info("int8: %s: %s", g, c.reason)
-            results[g] = c
-            continue
+            return c
         err = output_error(c.session, module_for(model, g, o.batch), spec_all[g], _spread(held_calls.get(g, []), 4))
         c.measured["output_error"] = err
         images = restored({**base, g: c.session})
         if isinstance(images, str):
             c.reason = images
-        else:
-            scores = score(images)
-            c.measured["image"] = scores
-            ok_err = err["rel_rms_mean"] <= lim.max_rel_rms and err["rel_rms_worst"] <= lim.max_rel_rms_worst
-            c.accepted = ok_err and passes(scores, lim)
-            c.reason = f"{error_text(err, lim)}; {image_text(scores, lim)} with only this graph in int8"
-            if not ok_err:
-                c.reason = "output error over the limit: " + c.reason
-            elif not c.accepted:
-                c.reason = "image quality under the limit: " + c.reason
+            return c
+        scores = score(images)
+        c.measured["image"] = scores
+        ok_err = err["rel_rms_mean"] <= lim.max_rel_rms and err["rel_rms_worst"] <= lim.max_rel_rms_worst
+        c.accepted = ok_err and passes(scores, lim)
+        c.reason = f"{error_text(err, lim)}; {image_text(scores, lim)} with only this graph in int8"
+        if not ok_err:
+            c.reason = "output error over the limit: " + c.reason
+        elif not c.accepted:
+            c.reason = "image quality under the limit: " + c.reason
+        return c
+
+    results: dict[str, Any] = {}
+    for g in opts.graphs:
+        c = candidate(g)
         log.info("int8: %s alone: %s", g, c.reason)
+        if not c.accepted and c.stage_left and "image" in c.measured:
+            c = _with_output_stage_fp32(c, candidate, f"all int8 it fails ({c.reason})")
         results[g] = c
 
-    results["_combined"] = _combine(results, base, restored, score, opts)
+    results["_combined"] = _combine(results, base, restored, score, opts, candidate)
     return results
 
 
+def _with_output_stage_fp32(c: Candidate, candidate, why: str) -> Candidate:
+    """``c``'s graph again with its output stage fp32, measured alone; ``why``: what ``c`` failed."""
+    n = len(c.quantized.output_stage)
+    p = candidate(c.graph, output_stage_fp32=True)
+    p.measured["all_int8"] = {k: v for k, v in c.measured.items() if k in ("qdq_nodes", "output_error", "image")}
+    p.reason = f"with its output stage fp32 ({n} nodes): {p.reason}. {why[0].upper()}{why[1:]}"
+    log.info("int8: %s with its output stage fp32: %s", c.graph, p.reason)
+    return p
+
+
 def _combine(
-    results: dict[str, Candidate], base: Mapping[str, Any], restored, score, opts: Int8Options
+    results: dict[str, Candidate], base: Mapping[str, Any], restored, score, opts: Int8Options, candidate
 ) -> dict[str, Any]:
-    """All accepted graphs together must pass too; the weakest goes back to fp32 until they do."""
+    """All accepted graphs together must pass too; until they do, the weakest gives way: to its version
+    with the output stage fp32 where it has one not yet tried, else to fp32."""
     while True:
         chosen = [c for c in results.values() if c.accepted]
         if not chosen:
@@ -569,8 +465,12 @@ def _combine(
         if scores is not None and passes(scores, lim):
             return {"graphs": [c.graph for c in chosen], **scores}
         worst = chosen[weakest([c.measured for c in chosen])]
-        worst.accepted = False
         together = images if scores is None else image_text(scores, lim)
+        if worst.stage_left:
+            why = f"all int8 it passes alone ({worst.reason}) but the int8 graphs {[c.graph for c in chosen]} "
+            results[worst.graph] = _with_output_stage_fp32(worst, candidate, f"{why}together fail ({together})")
+            continue
+        worst.accepted = False
         worst.reason = (
             f"passes alone ({worst.reason}) but the int8 graphs {[c.graph for c in chosen]} together fail "
             f"({together}); the one that hurt the image most alone stays fp32"

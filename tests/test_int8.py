@@ -122,12 +122,47 @@ def test_manifest_records_precision_calibration_hash_and_reason(int8_build, tiny
 
 
 def test_graph_forced_to_fail_the_quality_threshold_stays_fp32(int8_build):
+    # all int8 it fails; so does its version with the output stage (the convs at image resolution) fp32
     _, m = int8_build
     e = _entry(m, "vae_decoder")
-    assert e["precision"] == "fp32" and e["quantization"]["decision"] == "fp32"
-    assert e["quantization"]["reason"].startswith("output error over the limit")
-    assert "limit 1e-09" in e["quantization"]["reason"]
-    assert e["quantization"]["measured"]["output_error"]["rel_rms_mean"] > 1e-9
+    info = e["quantization"]
+    assert e["precision"] == "fp32" and info["decision"] == "fp32" and info["output_stage_fp32"] == []
+    assert info["reason"].startswith("with its output stage fp32 (")
+    assert info["reason"].count("output error over the limit") == 2 and "limit 1e-09" in info["reason"]
+    part, full = info["measured"], info["measured"]["all_int8"]
+    assert part["output_error"]["rel_rms_mean"] > 1e-9 and full["output_error"]["rel_rms_mean"] > 1e-9
+    assert 0 < part["qdq_nodes"] < full["qdq_nodes"]
+
+
+def test_output_stage_kept_fp32_where_all_int8_fails_and_that_passes(
+    int8_build, tiny_checkpoint, tiny_engines, perceptual_weights, tmp_path
+):
+    _, m = int8_build
+    measured = _entry(m, "vae_decoder")["quantization"]["measured"]
+    part, full = measured["output_error"]["rel_rms_mean"], measured["all_int8"]["output_error"]["rel_rms_mean"]
+    assert part < full  # fewer convs rounded, less error
+    between = Int8Limits(max_rel_rms=(part + full) / 2, max_rel_rms_worst=1.0, max_lpips=1e9)
+    out = tmp_path / "engines"
+    shutil.copytree(tiny_engines, out)
+    opts = _options(_lpips_files(perceptual_weights), graphs=("vae_decoder",), graph_limits={"vae_decoder": between})
+    built = build(BuildOptions(checkpoint=tiny_checkpoint, out=out, precision="int8", int8=opts))
+    e = _entry(built, "vae_decoder")
+    info = e["quantization"]
+    assert e["precision"] == "int8" and e["file"] == "vae_decoder.int8.onnxruntime-cpu.onnx"
+    assert (
+        info["reason"].startswith("with its output stage fp32 (")
+        and "All int8 it fails (output error" in info["reason"]
+    )
+    # the stage: every conv whose output has the image's height and width, conv_out (a graph edge) aside
+    graph = onnx.load(str(out / e["file"])).graph
+    fed_by_dq = {i for n in graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+    convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+    stage = info["output_stage_fp32"]
+    assert stage and set(stage) < set(convs)
+    for name in stage:
+        assert not set(convs[name].input) & fed_by_dq  # really fp32: no dequantised input or weight
+    assert any(set(n.input) & fed_by_dq for k, n in convs.items() if k not in stage)  # the rest int8
+    assert {p.name for p in out.iterdir() if "int8" in p.name} == {"vae_decoder.int8.onnxruntime-cpu.onnx"}
 
 
 def test_graph_over_the_lpips_limit_stays_fp32(int8_build):
