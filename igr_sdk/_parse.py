@@ -35,6 +35,7 @@ from PIL import Image
 from igr_sdk._backend import require
 from igr_sdk._errors import EngineError, InputError
 from igr_sdk._manifest import Manifest, check_file
+from igr_sdk._onnxruntime import session_options
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +178,7 @@ class Parser:
         path = self.manifest.resolve(e["file"])
         for f, digest in ((path, e["sha256"]), *((self.manifest.resolve(d["file"]), d["sha256"]) for d in e["data"])):
             check_file(f, digest, "parser file")  # hashes before ONNX Runtime parses a byte of it
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if self._threads is not None:
-            so.intra_op_num_threads = self._threads
+        so = session_options(ort, self._threads)
         providers = _providers(ort.get_available_providers(), self._device)
         try:
             session = ort.InferenceSession(str(path), sess_options=so, providers=providers)

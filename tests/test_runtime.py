@@ -127,6 +127,20 @@ def test_unreadable_and_truncated_files(restorer, person_and_mask, tmp_path):
         restorer.restore(tmp_path / "cut.jpg", mask, steps=1)
 
 
+def test_sessions_take_the_requested_threads_and_do_not_spin(tiny_engines, person_and_mask):
+    # six graphs run one after another per request: a pool left spinning would hold the next one's cores
+    person, mask = person_and_mask
+    with Restorer.from_dir(tiny_engines, backend="onnxruntime", threads=2) as two:
+        for graph, sess in two.backend._sessions.items():
+            opts = sess.get_session_options()
+            assert opts.intra_op_num_threads == 2, graph
+            assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0", graph
+        a = _pixels(two.restore(person, mask, "upper", seed=1, steps=3).image)
+    with Restorer.from_dir(tiny_engines, backend="onnxruntime", threads=1) as one:
+        b = _pixels(one.restore(person, mask, "upper", seed=1, steps=3).image)
+    assert np.abs(a - b).max() <= 1  # the thread count changes summation order, not the result
+
+
 def test_engine_dir_from_another_version(tiny_engines, tmp_path):
     d = tmp_path / "old"
     shutil.copytree(tiny_engines, d)
