@@ -16,7 +16,8 @@
 # the same way; step 7 (not shipped): step 6 trained on the same way once more. Step 8: step 6 trained
 # on with a cosine-decaying learning rate, as it is and, side by side, re-split into one attention
 # head at the finest level (8h, the shipped model), with 8h's two ablations. Step 9 (not shipped):
-# 8h on a second learning-rate cycle, and beside it 8h's VAE decoder widened and fine-tuned.
+# 8h on a second learning-rate cycle, and beside it 8h's VAE decoder widened and fine-tuned. Step 10
+# (not shipped): 8h's whole VAE fine-tuned, encoder included, and 8h's UNets re-adapted to its latents.
 # One thread per process: two runs share the two cores without oversubscribing them.
 # Everything resumes: run the script again after an interruption.
 set -euo pipefail
@@ -40,6 +41,8 @@ ZT5_FINE=${ZT5_FINE:-300}
 ZT6_COARSE=${ZT6_COARSE:-4000}
 ZT6_FINE=${ZT6_FINE:-300}
 WIDE_STEPS=${WIDE_STEPS:-3000}
+FULL_VAE_STEPS=${FULL_VAE_STEPS:-3000}
+ZT10_COARSE=${ZT10_COARSE:-2400}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1
 COMMON=(--preset small --batch-size 4 --lr 3e-4 --warmup-steps 100 --train-image-encoder
@@ -175,8 +178,22 @@ $PY train/train.py "${ZT2[@]}" --lr 1e-4 --lr-decay-steps "$ZT6_COARSE" --min-lr
 wait
 $PY train/train.py "${ZT2[@]}" --lr 1e-5 --data "$R/data/train" --init "$R/zt6-coarse/final" --stage fine \
     --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$ZT6_FINE" --out "$R/zt6-fine"
+# step 10 (measured, not shipped): the whole VAE of 8h, encoder included, fine-tuned for FULL_VAE_STEPS
+# (lr 2e-4, cosine; its latents change, so they are cached again), and 8h's UNets re-adapted to the new
+# latents: ZT10_COARSE coarse steps on a cosine from 2e-4 to 1e-5, then ZT5_FINE fine at 1e-5. Beside
+# them, the VAE alone a second cycle further (FULL_VAE_STEPS more, new garments)
+[ -f "$R/vae-full-ft/config.json" ] || $PY train/pretrain_vae.py --init "$R/zt5h-fine/final" \
+    --steps "$FULL_VAE_STEPS" --batch 8 --lr 2e-4 --cosine --seed 13 --out "$R/vae-full-ft"
+[ -f "$R/vae-full-ft2/config.json" ] || $PY train/pretrain_vae.py --init "$R/vae-full-ft" \
+    --steps "$FULL_VAE_STEPS" --batch 8 --lr 2e-4 --cosine --seed 19 --out "$R/vae-full-ft2" &
+cache_latents "$R/vae-full-ft"
+$PY train/train.py "${ZT2[@]}" --lr 2e-4 --lr-decay-steps "$ZT10_COARSE" --min-lr 1e-5 --data "$R/data/train" \
+    --init "$R/vae-full-ft" --stage coarse --max-steps "$ZT10_COARSE" --out "$R/zt10-coarse"
+$PY train/train.py "${ZT2[@]}" --lr 1e-5 --data "$R/data/train" --init "$R/zt10-coarse/final" --stage fine \
+    --subset "$R/data/hqft.txt" --resize-list "$R/data/hqft_resize.txt" --max-steps "$ZT5_FINE" --out "$R/zt10-fine"
+wait
 echo "bundle: $PY scripts/bundle_demo.py --checkpoint $R/zt5h-fine/final --data $R/data/test --parser $R/parser"
 echo "models: $R/zt5h-fine/final (shipped), its ablations $R/zt5h-nogarmnet-fine/final and $R/zt5h-nohqft/final;" \
-     "step 9 (not shipped): $R/zt6-fine/final, decoder $R/vae-wide; step 8: $R/zt5-fine/final; step 7: $R/zt4-fine/final; step 6: $R/zt3-fine/final;" \
+     "step 10 (not shipped): $R/zt10-fine/final, VAE $R/vae-full-ft2; step 9 (not shipped): $R/zt6-fine/final, decoder $R/vae-wide; step 8: $R/zt5-fine/final; step 7: $R/zt4-fine/final; step 6: $R/zt3-fine/final;" \
      "step 5: $R/zt2-fine/final, $R/zt2-coarse/step-$(printf %06d "$ZT2_ABL") and $R/zt2-nogarmnet/final," \
      "$R/zt2-nohqft/final; step 4: $R/demo; step 3: $R/full-fine/final, $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"
