@@ -22,9 +22,9 @@ Settings (ONNX Runtime's quantisation docs, "Data type selection" and the FAQ):
   instead of QLinearMatMul + DequantizeLinear. On the small demo denoiser this made an int8 step 5%
   faster (one thread, 40 interleaved runs) and removed one rounding per projection.
 * The **output stage** (``output_stage_nodes``) can be kept fp32 as well: the Conv/MatMul/Gemm nodes
-  working at the resolution of an image-shaped graph output, e.g. the VAE decoder's last up block
-  and conv_out at full resolution. Rounding there lands on the pixels with nothing after it to
-  smooth it out. On the small demo model's decoder (4 held-out pairs, LPIPS against the fp32
+  working at the resolution of an image-shaped graph output, e.g. the VAE decoder's convolutions at
+  full resolution (conv_out, a graph edge, is fp32 anyway). Rounding there lands on the pixels with
+  nothing after it to smooth it out. On the small demo model's decoder (4 held-out pairs, LPIPS against the fp32
   decode, one thread): all int8 0.0088 at 35.5 ms, output stage fp32 0.0042 at 45.2 ms, all fp32
   66.0 ms. ``export/quantize.py`` tries it for a graph whose full int8 version fails.
 
