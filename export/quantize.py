@@ -16,10 +16,10 @@ and a per-graph choice between int8 and fp32 made by measurement.
    int8 parity check), and the restored garment of the held-out pairs with only this graph in int8
    against the all-fp32 engines (SSIM, PSNR, and LPIPS where its weights are found:
    ``export/int8_measure.py``). A graph that fails and has an output stage (nodes at the resolution
-   of an image-shaped output: the VAE decoder's last up block) is quantised and measured again with
-   that stage fp32. Then all accepted graphs together; while that combination fails, the accepted
-   graph that hurt the image most alone (LPIPS, else SSIM) gives way: first to its version with
-   the output stage fp32, where it has one not yet tried, then to fp32.
+   of an image-shaped output: the VAE decoder's full-resolution convolutions) is quantised and
+   measured again with that stage fp32. Then all accepted graphs together; while that combination
+   fails, the accepted graph that hurt the image most alone (LPIPS, else SSIM) gives way: first to
+   its version with the output stage fp32, where it has one not yet tried, then to fp32.
 5. **Record** per graph in the manifest: ``precision``, the calibration set's hash, the nodes kept
    fp32 besides the graph edges (``output_stage_fp32``) and the measured numbers with the reason
    for the choice; graphs that stay fp32 keep their fp32 engine.
