@@ -181,11 +181,15 @@ $PY train/train.py "${ZT2[@]}" --lr 1e-5 --data "$R/data/train" --init "$R/zt6-c
 # step 10 (measured, not shipped): the whole VAE of 8h, encoder included, fine-tuned for FULL_VAE_STEPS
 # (lr 2e-4, cosine; its latents change, so they are cached again), and 8h's UNets re-adapted to the new
 # latents: ZT10_COARSE coarse steps on a cosine from 2e-4 to 1e-5, then ZT5_FINE fine at 1e-5. Beside
-# them, the VAE alone a second cycle further (FULL_VAE_STEPS more, new garments)
+# them, the VAE alone two cycles further (FULL_VAE_STEPS each, new garments; models/demo-small-vae-ft3)
 [ -f "$R/vae-full-ft/config.json" ] || $PY train/pretrain_vae.py --init "$R/zt5h-fine/final" \
     --steps "$FULL_VAE_STEPS" --batch 8 --lr 2e-4 --cosine --seed 13 --out "$R/vae-full-ft"
-[ -f "$R/vae-full-ft2/config.json" ] || $PY train/pretrain_vae.py --init "$R/vae-full-ft" \
-    --steps "$FULL_VAE_STEPS" --batch 8 --lr 2e-4 --cosine --seed 19 --out "$R/vae-full-ft2" &
+(
+    [ -f "$R/vae-full-ft2/config.json" ] || $PY train/pretrain_vae.py --init "$R/vae-full-ft" \
+        --steps "$FULL_VAE_STEPS" --batch 8 --lr 2e-4 --cosine --seed 19 --out "$R/vae-full-ft2"
+    [ -f "$R/vae-full-ft3/config.json" ] || $PY train/pretrain_vae.py --init "$R/vae-full-ft2" \
+        --steps "$FULL_VAE_STEPS" --batch 8 --lr 2e-4 --cosine --seed 23 --out "$R/vae-full-ft3"
+) &
 cache_latents "$R/vae-full-ft"
 $PY train/train.py "${ZT2[@]}" --lr 2e-4 --lr-decay-steps "$ZT10_COARSE" --min-lr 1e-5 --data "$R/data/train" \
     --init "$R/vae-full-ft" --stage coarse --max-steps "$ZT10_COARSE" --out "$R/zt10-coarse"
@@ -194,6 +198,6 @@ $PY train/train.py "${ZT2[@]}" --lr 1e-5 --data "$R/data/train" --init "$R/zt10-
 wait
 echo "bundle: $PY scripts/bundle_demo.py --checkpoint $R/zt5h-fine/final --data $R/data/test --parser $R/parser"
 echo "models: $R/zt5h-fine/final (shipped), its ablations $R/zt5h-nogarmnet-fine/final and $R/zt5h-nohqft/final;" \
-     "step 10 (not shipped): $R/zt10-fine/final, VAE $R/vae-full-ft2; step 9 (not shipped): $R/zt6-fine/final, decoder $R/vae-wide; step 8: $R/zt5-fine/final; step 7: $R/zt4-fine/final; step 6: $R/zt3-fine/final;" \
+     "step 10 (not shipped): $R/zt10-fine/final, VAE $R/vae-full-ft3; step 9 (not shipped): $R/zt6-fine/final, decoder $R/vae-wide; step 8: $R/zt5-fine/final; step 7: $R/zt4-fine/final; step 6: $R/zt3-fine/final;" \
      "step 5: $R/zt2-fine/final, $R/zt2-coarse/step-$(printf %06d "$ZT2_ABL") and $R/zt2-nogarmnet/final," \
      "$R/zt2-nohqft/final; step 4: $R/demo; step 3: $R/full-fine/final, $R/nogarmnet-fine/final, $R/nohqft-coarse2/final"
