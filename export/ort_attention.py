@@ -102,16 +102,21 @@ def _shapes(model) -> dict[str, list]:
     return _shapes_and_types(model)[0]
 
 
-def _shapes_and_types(model) -> tuple[dict[str, list], dict[str, int]]:
-    """Every tensor's inferred dims (None where not static) and element type."""
+def _shapes_and_types(model, symbolic: bool = False) -> tuple[dict[str, list], dict[str, int]]:
+    """Every tensor's inferred dims and element type; a dim that is not static is None, or with
+    ``symbolic`` its symbolic name where it has one. Tensors of unknown rank have no shape entry."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes, types = {}, {i.name: i.data_type for i in model.graph.initializer}
     for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         t = vi.type.tensor_type
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         types[vi.name] = t.elem_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) if symbolic else None
+                for d in t.shape.dim
+            ]
     return shapes, types
 
 

@@ -29,6 +29,8 @@ import logging
 
 import numpy as np
 
+from export.ort_attention import _attr, _fresh, _shapes_and_types
+
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +71,8 @@ def _fold_once(model) -> bool:
             continue
         inner = producer.get(node.input[0]) if node.input else None
         if node.op_type == "Transpose" and inner is not None and inner.op_type == "Transpose":
-            p, q = _perm(node), _perm(inner)
+            # without perm a transpose reverses its dims, which needs the rank: left alone
+            p, q = _attr(node, "perm"), _attr(inner, "perm")
             if p is None or q is None or len(p) != len(q):
                 continue
             composed = [q[i] for i in p]
@@ -89,11 +92,13 @@ def _fold_once(model) -> bool:
                 target = _const(consts, node.input[1], numpy_helper)
                 if target is None:
                     continue
-                copied = [i for i, d in enumerate(target) if d == 0] if not _allowzero(node) else []
+                copied = [i for i, d in enumerate(target) if d == 0] if not _attr(node, "allowzero") else []
                 if copied and not _same_dims(shapes.get(inner.input[0]), shapes.get(node.input[0]), copied):
                     if not (out and all(isinstance(d, int) and d > 0 for d in out)):
                         continue
-                    name = _fresh_const(graph, consts, f"{node.output[0]}_shape", np.array(out, np.int64))
+                    name = _fresh(f"{node.output[0]}_shape", set(consts))
+                    consts[name] = numpy_helper.from_array(np.array(out, np.int64), name)
+                    graph.initializer.append(consts[name])
                     node.input[1] = name
                 node.input[0] = inner.input[0]
                 changed = True
@@ -126,19 +131,7 @@ def _symbolic_shapes(model) -> dict[str, list]:
     import onnx
     from onnx import helper
 
-    types: dict[str, int] = {}
-
-    def infer(m) -> dict[str, list]:
-        inferred = onnx.shape_inference.infer_shapes(m)
-        out = {}
-        for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-            t = vi.type.tensor_type
-            types[vi.name] = t.elem_type
-            if t.HasField("shape"):
-                out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-        return out
-
-    shapes = infer(model)
+    shapes, types = _shapes_and_types(model, symbolic=True)
     declared = []
     for n in model.graph.node:
         if n.op_type != "MultiHeadAttention" or n.domain != "com.microsoft" or len(n.input) < 3:
@@ -152,7 +145,7 @@ def _symbolic_shapes(model) -> dict[str, list]:
     with_attention = onnx.ModelProto()
     with_attention.CopyFrom(model)
     with_attention.graph.value_info.extend(declared)
-    return infer(with_attention)
+    return _shapes_and_types(with_attention, symbolic=True)[0]
 
 
 def _same_dims(a, b, dims: list[int]) -> bool:
@@ -166,33 +159,6 @@ def _known(shape) -> bool:
     return shape is not None and all(d is not None for d in shape)
 
 
-def _perm(node) -> list[int] | None:
-    for a in node.attribute:
-        if a.name == "perm":
-            return list(a.ints)
-    return None  # the default reverses the dims: needs the rank, left alone
-
-
-def _allowzero(node) -> int:
-    for a in node.attribute:
-        if a.name == "allowzero":
-            return a.i
-    return 0
-
-
 def _const(consts, name: str, numpy_helper) -> list[int] | None:
     t = consts.get(name)
     return None if t is None else [int(v) for v in numpy_helper.to_array(t).reshape(-1)]
-
-
-def _fresh_const(graph, consts, base: str, value: np.ndarray) -> str:
-    from onnx import numpy_helper
-
-    name, i = base, 0
-    while name in consts:
-        i += 1
-        name = f"{base}_{i}"
-    t = numpy_helper.from_array(value, name)
-    graph.initializer.append(t)
-    consts[name] = t
-    return name
