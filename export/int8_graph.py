@@ -136,12 +136,27 @@ def quantize_graph(
     """Static QDQ quantisation of the fp32 ONNX ``src`` on ``feeds``, written to ``dst``; with
     ``output_stage_fp32`` the output stage stays fp32 besides the graph-edge nodes."""
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not feeds:
         raise BuildError(f"no calibration inputs were recorded for {src.name}")
     large = onnx_export._size(src) > onnx_export.EXTERNAL_DATA_BYTES
     pre = tmp / f"{dst.stem}.pre.onnx"
+    if not pre.is_file():  # a graph's output-stage version reuses the preparation of its first one
+        _prepare(src, pre, large)
+    prepared = onnx.load(str(pre), load_external_data=False)
+    keep, stage = edge_nodes(prepared), output_stage_nodes(prepared)
+    for old in onnx_export._files_of(dst):
+        old.unlink()
+    with contextlib.redirect_stdout(io.StringIO()):  # the calibrators narrate their progress on stdout
+        _quantize_static(pre, dst, feeds, keep + stage if output_stage_fp32 else keep, large, reduce_range)
+    return Quantized(onnx_export._files_of(dst), tuple(stage), output_stage_fp32 and bool(stage))
+
+
+def _prepare(src: Path, pre: Path, large: bool) -> None:
+    """``src`` as calibration sees it, written to ``pre``: the fp32 CPU engines' rewrites around ONNX
+    Runtime's recommended preparation."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     # the fp32 engines' group norms (export.ort_groupnorm), rewritten before ONNX Runtime's preparation
     # expands them into their function body
     rewritten = src.with_name(f"{src.stem}.cpu.onnx")  # beside its source: external data stays where it is
@@ -161,13 +176,6 @@ def quantize_graph(
     fused = pre.with_name(f"{pre.stem}.fused.onnx")
     if onnx_export.rewrite_for_cpu(pre, fused, group_norm=False):
         fused.replace(pre)
-    prepared = onnx.load(str(pre), load_external_data=False)
-    keep, stage = edge_nodes(prepared), output_stage_nodes(prepared)
-    for old in onnx_export._files_of(dst):
-        old.unlink()
-    with contextlib.redirect_stdout(io.StringIO()):  # the calibrators narrate their progress on stdout
-        _quantize_static(pre, dst, feeds, keep + stage if output_stage_fp32 else keep, large, reduce_range)
-    return Quantized(onnx_export._files_of(dst), tuple(stage), output_stage_fp32 and bool(stage))
 
 
 def _quantize_static(pre: Path, dst: Path, feeds, keep: list[str], large: bool, reduce_range: bool) -> None:
